@@ -1,0 +1,96 @@
+"""The `sectrain` command: Hydra composes the config, sectrain validates it, then trains.
+
+Everything here runs before TensorFlow is imported, so `--help` and configuration
+mistakes answer in well under two seconds.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.text import Text
+
+from sectrain.config import check_key, validate
+from sectrain.errors import ConfigError, unknown_choice
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXIT_CONFIG_ERROR = 2
+
+
+def fail(message):
+    """Prints a user error without a traceback and exits with status 2."""
+    Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(message)))
+    sys.exit(EXIT_CONFIG_ERROR)
+
+
+def config_groups():
+    """Config group -> its options, read from conf/ (e.g. "model/attention" -> [...])."""
+    groups = {}
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        group = path.parent.relative_to(CONFIG_DIR).as_posix()
+        if group != "." and not group.startswith("hydra"):
+            groups.setdefault(group, []).append(path.stem)
+    return groups
+
+
+def check_overrides(args):
+    """Checks group choices and keys of command-line overrides against conf/ and the schema.
+
+    Hydra would reject most of these too, but with exit status 1 and no suggestion.
+    """
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise ConfigError(str(error).splitlines()[0]) from None
+    groups = config_groups()
+    for override in parsed:
+        key = override.key_or_group
+        if key.startswith("hydra") or override.is_add() or override.is_delete():
+            continue
+        if key in groups:
+            values = (
+                list(override.sweep_string_iterator())
+                if override.is_sweep_override()
+                else [override.get_value_element_as_str()]
+            )
+            for value in values:
+                if value not in groups[key]:
+                    raise unknown_choice(key, value, groups[key])
+        else:
+            check_key(key)
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def run(cfg) -> float:
+    """One training job; returns the best validation top-1 accuracy for sweepers."""
+    try:
+        config = validate(cfg)
+    except ConfigError as error:
+        fail(error)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    from sectrain.train import train  # imports TensorFlow
+
+    return train(
+        config,
+        run_dir=Path(HydraConfig.get().runtime.output_dir),
+        resolved_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+    )
+
+
+def main():
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as error:
+        fail(error)
+    run()
+
+
+if __name__ == "__main__":
+    main()

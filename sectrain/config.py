@@ -1,0 +1,233 @@
+"""The configuration schema and its validation.
+
+Hydra composes YAML files from conf/; `validate` turns the result into the dataclasses
+below, checking types, names, ranges and cross-field rules. It runs before TensorFlow is
+imported, so a mistake costs well under two seconds.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sectrain.errors import ConfigError, unknown_choice
+
+ATTENTION_KINDS = ("none", "se")  # kept equal to the registered layers by a test
+SQUEEZES = ("avg", "max")
+GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
+PLACEMENTS = ("standard", "pre", "post", "identity")
+STAGES = (2, 3, 4, 5)
+DATA_SOURCES = ("digits", "tfds")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "multistep", "cosine")
+STRATEGIES = ("auto", "default", "one_device", "mirrored")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclass
+class AttentionConfig:
+    kind: str = "se"  # attention block: none | se
+    ratio: int = 16  # reduction ratio r of the first FC layer
+    min_channels: int = 1  # lower bound on the reduced width
+    squeeze: str = "avg"  # avg | max
+    gate: str = "sigmoid"  # sigmoid | hard_sigmoid | tanh | relu
+    use_bias: bool = True  # biases in the FC layers
+    placement: str = "standard"  # standard | pre | post | identity (paper Figure 5)
+    stages: Optional[List[int]] = None  # stages with attention (2-5); null: all
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # a registered architecture, see `sectrain.models.MODELS`
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    dropout: float = 0.0  # dropout rate before the classifier
+
+
+@dataclass
+class AugmentConfig:
+    pad_crop: int = 0  # zero-pad by this many pixels, then random crop back; 0: off
+    flip: bool = False  # random horizontal flip
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # digits (embedded, offline) | tfds (TensorFlow Datasets)
+    name: str = "digits"  # the TFDS name when source=tfds
+    image_size: int = 32  # images are resized to image_size x image_size
+    train_split: str = "train"
+    val_split: str = "test"
+    val_fraction: float = 0.2  # digits only: stratified validation fraction
+    data_dir: Optional[str] = None  # TFDS data directory (null: TFDS default)
+    mean: Optional[List[float]] = None  # per-channel mean in [0, 1]; null: measured
+    std: Optional[List[float]] = None  # per-channel std in [0, 1]; null: measured
+    cache: bool = True  # cache decoded images in memory (small data sets)
+    shuffle_buffer: int = 10_000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    beta_1: float = 0.9  # adam, adamw
+    beta_2: float = 0.999  # adam, adamw
+    epsilon: float = 1e-7  # adam, adamw
+    # sgd, adam: L2 penalty 0.5 * wd * |w|^2 on conv and dense kernels, added to the loss
+    # (the paper's weight decay); adamw: decoupled decay of the same kernels.
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # constant | step | multistep | cosine
+    warmup_epochs: float = 0.0  # linear warmup from 0 to the peak learning rate
+    step_size: int = 30  # step: epochs between decays
+    milestones: List[int] = field(default_factory=list)  # multistep: decay epochs
+    gamma: float = 0.1  # step, multistep: decay factor
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of the peak
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    global_batch_size: int = 128  # summed over all replicas
+    seed: int = 0
+    strategy: str = "auto"  # auto | default | one_device | mirrored
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    sync_bn: bool = False  # synchronise batch-norm statistics across replicas
+    steps_per_call: int = 1  # training steps per tf.function call
+    jit_compile: Optional[bool] = None  # XLA; null: on with a GPU, off on CPU
+    save_model: bool = True  # write model.keras at the end
+
+
+@dataclass
+class LoggerConfig:
+    print_config: bool = True  # print the resolved config at the start
+    progress: bool = True  # progress bar per epoch
+    tensorboard: bool = True  # TensorBoard event files in the run dir
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def validate(cfg: Any) -> Config:
+    """Checks a composed config and returns it as a `Config`.
+
+    Raises:
+        ConfigError: naming the key, the value received and what is allowed.
+    """
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise _schema_error(error) from None
+    _check(config)
+    return config
+
+
+def check_key(key):
+    """Raises ConfigError if the dotted `key` is not in the schema."""
+    node = Config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            raise unknown_choice(f"key {'.'.join(parts[:depth]) or '<root>'}", part, fields)
+        node = fields[part].type
+        if not dataclasses.is_dataclass(node):
+            if depth < len(parts) - 1:
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])} has no sub-keys")
+            return
+
+
+def _schema_error(error):
+    """Rewords an OmegaConf error (unknown key, wrong type) as a ConfigError."""
+    key = getattr(error, "full_key", "") or ""
+    if key:
+        try:
+            check_key(key)
+        except ConfigError as unknown_key:
+            return unknown_key
+    return ConfigError(f"{key or 'config'}: {str(error).splitlines()[0]}")
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise unknown_choice(key, value, choices)
+
+
+def _at_least(key, value, minimum):
+    if value < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum}. Received: {value}")
+
+
+def _between(key, value, low, high):
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: must be between {low} and {high}. Received: {value}")
+
+
+def _check(c: Config):
+    from sectrain.models import MODELS  # registers names only; no TensorFlow
+
+    _choice("model.name", c.model.name, MODELS.names())
+    a = c.model.attention
+    _choice("model.attention.kind", a.kind, ATTENTION_KINDS)
+    _at_least("model.attention.ratio", a.ratio, 1)
+    _at_least("model.attention.min_channels", a.min_channels, 1)
+    _choice("model.attention.squeeze", a.squeeze, SQUEEZES)
+    _choice("model.attention.gate", a.gate, GATES)
+    _choice("model.attention.placement", a.placement, PLACEMENTS)
+    for stage in a.stages or ():
+        _choice("model.attention.stages", stage, STAGES)
+    _between("model.dropout", c.model.dropout, 0.0, 0.99)
+
+    d = c.data
+    _choice("data.source", d.source, DATA_SOURCES)
+    _at_least("data.image_size", d.image_size, 8)
+    _between("data.val_fraction", d.val_fraction, 0.01, 0.9)
+    _at_least("data.augment.pad_crop", d.augment.pad_crop, 0)
+    _at_least("data.shuffle_buffer", d.shuffle_buffer, 1)
+    for key, values in (("data.mean", d.mean), ("data.std", d.std)):
+        if values is not None and not values:
+            raise ConfigError(f"{key}: give one value per channel, or null to measure it")
+    if d.std is not None and min(d.std) <= 0:
+        raise ConfigError(f"data.std: every value must be positive. Received: {d.std}")
+
+    o = c.optimizer
+    _choice("optimizer.name", o.name, OPTIMIZERS)
+    if o.lr <= 0:
+        raise ConfigError(f"optimizer.lr: must be positive. Received: {o.lr}")
+    _between("optimizer.momentum", o.momentum, 0.0, 0.999)
+    _at_least("optimizer.weight_decay", o.weight_decay, 0.0)
+
+    s = c.schedule
+    _choice("schedule.name", s.name, SCHEDULES)
+    _at_least("schedule.warmup_epochs", s.warmup_epochs, 0.0)
+    _at_least("schedule.step_size", s.step_size, 1)
+    _between("schedule.gamma", s.gamma, 0.0, 1.0)
+    _between("schedule.min_lr_ratio", s.min_lr_ratio, 0.0, 1.0)
+    if list(s.milestones) != sorted(set(s.milestones)):
+        raise ConfigError(f"schedule.milestones: must increase. Received: {list(s.milestones)}")
+
+    t = c.trainer
+    _at_least("trainer.epochs", t.epochs, 1)
+    _at_least("trainer.global_batch_size", t.global_batch_size, 1)
+    _at_least("trainer.steps_per_call", t.steps_per_call, 1)
+    _choice("trainer.strategy", t.strategy, STRATEGIES)
+    _choice("trainer.precision", t.precision, PRECISIONS)
+    if s.warmup_epochs >= t.epochs:
+        raise ConfigError(
+            f"schedule.warmup_epochs: must be less than trainer.epochs ({t.epochs}). "
+            f"Received: {s.warmup_epochs}"
+        )

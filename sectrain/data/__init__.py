@@ -1,0 +1,1 @@
+"""Data: sources (where images come from), augment (paper recipes), pipeline (tf.data)."""

@@ -1,0 +1,64 @@
+"""tf.data pipelines: cache, shuffle, augment and normalise, batch, prefetch."""
+
+import numpy as np
+import tensorflow as tf
+
+from sectrain.data.augment import augment
+
+STATS_SAMPLE = 5000  # images used to measure the per-channel mean and std
+
+
+def channel_stats(dataset, channels):
+    """Per-channel mean and std of (up to) the first STATS_SAMPLE images, in [0, 1]."""
+    images = dataset.take(STATS_SAMPLE).map(lambda image, _: to_float(image)).batch(500)
+    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+    for batch in images.as_numpy_iterator():
+        pixels = batch.reshape(-1, channels).astype(np.float64)
+        total += pixels.sum(0)
+        total_sq += (pixels**2).sum(0)
+        count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+def to_float(image):
+    """uint8 images scale to [0, 1]; float images are taken as already in [0, 1]."""
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def make_pipelines(source, data, global_batch_size, seed):
+    """Returns (train, val) batched datasets of normalised float32 images and int labels.
+
+    The training stream repeats forever, reshuffled each pass; callers take
+    `source.num_train // global_batch_size` steps per epoch.
+    """
+    channels = source.image_shape[-1]
+    if data.mean is None or data.std is None:
+        mean, std = channel_stats(source.train, channels)
+    mean = np.float32(data.mean if data.mean is not None else mean)
+    std = np.float32(data.std if data.std is not None else std)
+
+    def normalise(image):
+        return (to_float(image) - mean) / std
+
+    def train_example(index, example):
+        image, label = example
+        example_seed = tf.stack([tf.cast(seed, tf.int64), index])
+        image = augment(to_float(image), example_seed, data.augment.pad_crop, data.augment.flip)
+        return normalise(image), label
+
+    train = source.train.cache() if data.cache else source.train
+    train = (
+        train.shuffle(min(data.shuffle_buffer, source.num_train), seed=seed)
+        .repeat()
+        .enumerate()
+        .map(train_example, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(global_batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val = source.val.map(lambda image, label: (normalise(image), label))
+    if data.cache:
+        val = val.cache()
+    val = val.batch(global_batch_size).prefetch(tf.data.AUTOTUNE)
+    return train, val

@@ -1,0 +1,17 @@
+"""The error a user can fix by changing the configuration."""
+
+import difflib
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the CLI prints its message and exits with status 2."""
+
+
+def unknown_choice(key, value, choices):
+    """Returns a ConfigError naming the key, the value received and what is allowed."""
+    choices = sorted(str(c) for c in choices)
+    message = f"{key}: unknown value {value!r}. Allowed: {', '.join(choices)}."
+    close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+    if close:
+        message += f" Did you mean {close[0]!r}?"
+    return ConfigError(message)

@@ -1,0 +1,1 @@
+"""Where metrics go: the console (rich) and the run folder (CSV, JSON lines, TensorBoard)."""

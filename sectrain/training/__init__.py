@@ -1,0 +1,1 @@
+"""Training: strategy (devices), optim (optimizers, schedules), loop (the steps)."""

@@ -1,0 +1,96 @@
+"""The training and evaluation steps, over any tf.distribute strategy.
+
+sectrain owns this loop instead of calling `model.fit`, which fails under
+MultiWorkerMirroredStrategy in Keras 3. Each replica computes its loss as a sum over its
+examples divided by the global batch size, so the gradients summed across replicas are
+those of the mean loss over the global batch.
+"""
+
+import keras
+import tensorflow as tf
+
+from sectrain.training.optim import l2_penalty
+
+
+class TrainingLoop:
+    """Compiled steps and running metrics for one model on one strategy.
+
+    Args:
+        strategy: the tf.distribute strategy whose scope holds the model and optimizer.
+        model: a Keras model that outputs logits.
+        optimizer: a built Keras optimizer.
+        global_batch_size: int, examples per step over all replicas.
+        l2_rate: float, coefficient of the L2 weight penalty (0: none).
+        jit_compile: bool, compile each replica's step with XLA.
+    """
+
+    def __init__(self, strategy, model, optimizer, global_batch_size, l2_rate, jit_compile):
+        self.strategy = strategy
+        self.model = model
+        self.optimizer = optimizer
+        self.global_batch_size = global_batch_size
+        self.l2_rate = l2_rate
+        top_k = min(5, model.output.shape[-1])
+        with strategy.scope():
+            self.metrics = {
+                split: {
+                    "loss": keras.metrics.Mean(name=f"{split}_loss"),
+                    "top1": keras.metrics.SparseCategoricalAccuracy(name=f"{split}_top1"),
+                    "top5": keras.metrics.SparseTopKCategoricalAccuracy(
+                        k=top_k, name=f"{split}_top5"
+                    ),
+                }
+                for split in ("train", "val")
+            }
+        self._train_replica = tf.function(self._train_replica_step, jit_compile=jit_compile)
+        self._eval_replica = tf.function(self._eval_replica_step, jit_compile=jit_compile)
+
+    def _update(self, split, labels, logits, per_example_loss):
+        metrics = self.metrics[split]
+        metrics["loss"].update_state(per_example_loss)
+        metrics["top1"].update_state(labels, logits)
+        metrics["top5"].update_state(labels, logits)
+
+    def _train_replica_step(self, images, labels):
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True
+            )
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
+            if self.l2_rate:
+                loss += tf.nn.scale_regularization_loss(l2_penalty(self.model, self.l2_rate))
+            scaled_loss = self.optimizer.scale_loss(loss)
+        variables = self.model.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
+        self._update("train", labels, logits, per_example)
+
+    def _eval_replica_step(self, images, labels):
+        logits = self.model(images, training=False)
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        self._update("val", labels, logits, per_example)
+
+    @tf.function
+    def train_steps(self, iterator, num_steps):
+        """Runs `num_steps` training steps (a tensor: no retracing) in one call."""
+        for _ in tf.range(num_steps):
+            self.strategy.run(self._train_replica, args=next(iterator))
+
+    @tf.function
+    def _evaluate(self, dataset):
+        for images, labels in dataset:
+            self.strategy.run(self._eval_replica, args=(images, labels))
+
+    def evaluate(self, distributed_dataset):
+        """Evaluates on a distributed data set; returns {"loss", "top1", "top5"}."""
+        self.reset("val")
+        self._evaluate(distributed_dataset)
+        return self.results("val")
+
+    def reset(self, split):
+        for metric in self.metrics[split].values():
+            metric.reset_state()
+
+    def results(self, split):
+        return {name: float(m.result()) for name, m in self.metrics[split].items()}
