@@ -4,7 +4,6 @@ Everything here runs before TensorFlow is imported, so `--help` and configuratio
 mistakes answer in well under two seconds.
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.text import Text
 
-from sectrain.config import check_key, validate
+from sectrain.config import check_value, validate
 from sectrain.errors import ConfigError, unknown_choice
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -55,16 +54,22 @@ def check_overrides(args):
         if key.startswith("hydra") or override.is_add() or override.is_delete():
             continue
         if key in groups:
-            values = (
-                list(override.sweep_string_iterator())
-                if override.is_sweep_override()
-                else [override.get_value_element_as_str()]
-            )
-            for value in values:
-                if value not in groups[key]:
-                    raise unknown_choice(key, value, groups[key])
+            for option in _values(override, as_strings=True):
+                if option not in groups[key]:
+                    raise unknown_choice(key, option, groups[key])
         else:
-            check_key(key)
+            for value in _values(override):
+                check_value(key, value)
+
+
+def _values(override, as_strings=False):
+    """The values an override takes: one, or each of a sweep's choices."""
+    if not override.is_sweep_override():
+        return [override.get_value_element_as_str() if as_strings else override.value()]
+    try:
+        return list(override.sweep_string_iterator() if as_strings else override.sweep_iterator())
+    except Exception:  # interval sweeps (for Optuna) have no list of values
+        return []
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
@@ -74,7 +79,6 @@ def run(cfg) -> float:
         config = validate(cfg)
     except ConfigError as error:
         fail(error)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from sectrain.train import train  # imports TensorFlow
 
     return train(

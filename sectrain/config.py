@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -121,6 +122,11 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+# The base of conf/config.yaml: every key exists, with its type, before any YAML is merged.
+SCHEMA_NAME = "sectrain_schema"
+ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+
+
 def validate(cfg: Any) -> Config:
     """Checks a composed config and returns it as a `Config`.
 
@@ -149,6 +155,16 @@ def check_key(key):
             if depth < len(parts) - 1:
                 raise ConfigError(f"{'.'.join(parts[: depth + 1])} has no sub-keys")
             return
+
+
+def check_value(key, value):
+    """Raises ConfigError if `value` cannot be stored at the schema's `key` (wrong type)."""
+    check_key(key)
+    schema = OmegaConf.structured(Config)
+    try:
+        OmegaConf.update(schema, key, value, merge=True)
+    except OmegaConfBaseException as error:
+        raise _schema_error(error) from None
 
 
 def _schema_error(error):

@@ -5,6 +5,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from sectrain.training.optim import l2_decay_rate, make_optimizer, make_schedule
 from sectrain.training.strategy import make_strategy
 
 log = logging.getLogger("sectrain")
+# Raised by TensorFlow itself when a distributed data set is iterated inside tf.function.
+warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
 
 
 def train(config, run_dir, resolved_yaml="", console=None):

@@ -69,17 +69,20 @@ def load_tfds(data):
     size = (data.image_size, data.image_size)
 
     def split(name):
-        if name not in info.splits:
-            raise ConfigError(f"data: {data.name!r} has no split {name!r}; it has {list(info.splits)}")
-        dataset = builder.as_dataset(split=name, as_supervised=True)
+        try:
+            dataset = builder.as_dataset(split=name, as_supervised=True)
+        except ValueError as error:  # TFDS names the splits there are
+            raise ConfigError(f"data split {name!r} of {data.name!r}: {error}") from None
+        count = int(dataset.cardinality())  # TFDS data sets know their size
         resize = info.features["image"].shape[:2] != size
-        return dataset.map(
+        dataset = dataset.map(
             lambda image, label: (
                 tf.cast(tf.image.resize(image, size), tf.uint8) if resize else image,
                 label,
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
-        ), info.splits[name].num_examples
+        )
+        return dataset, count
 
     train, num_train = split(data.train_split)
     val, num_val = split(data.val_split)

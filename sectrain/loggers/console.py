@@ -10,9 +10,9 @@ from rich.table import Table
 # (metric key, column title, format)
 COLUMNS = (
     ("epoch", "epoch", "{:d}"),
-    ("train_loss", "loss", "{:.4f}"),
+    ("train_loss", "loss", "{:.4g}"),
     ("train_top1", "top-1", "{:.2%}"),
-    ("val_loss", "val loss", "{:.4f}"),
+    ("val_loss", "val loss", "{:.4g}"),
     ("val_top1", "val top-1", "{:.2%}"),
     ("val_top5", "val top-5", "{:.2%}"),
     ("lr", "lr", "{:.3g}"),

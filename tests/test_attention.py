@@ -1,0 +1,80 @@
+"""The SqueezeExcite layer: shapes, widths, gate formulas, serialisation."""
+
+import keras
+import numpy as np
+import pytest
+
+from sectrain.layers.attention import GATES, SqueezeExcite
+
+
+def excitation(layer, x):
+    """The gates computed by hand from the layer's own weights."""
+    pooled = x.mean(axis=(1, 2)) if layer.squeeze == "avg" else x.max(axis=(1, 2))
+    hidden = np.maximum(pooled @ layer.reduce.kernel.numpy() + layer.reduce.bias.numpy(), 0)
+    z = hidden @ layer.expand.kernel.numpy() + layer.expand.bias.numpy()
+    gate = {
+        "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+        "hard_sigmoid": lambda v: np.clip(v + 3, 0, 6) / 6,
+        "tanh": np.tanh,
+        "relu": lambda v: np.maximum(v, 0),
+    }[layer.gate]
+    return gate(z)[:, None, None, :]
+
+
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+@pytest.mark.parametrize("gate", GATES)
+def test_output_is_input_times_documented_gate(squeeze, gate):
+    x = np.random.default_rng(0).normal(size=(3, 5, 5, 32)).astype("float32")
+    layer = SqueezeExcite(ratio=4, squeeze=squeeze, gate=gate)
+    y = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(y, x * excitation(layer, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "channels, ratio, min_channels, reduced", [(256, 16, 1, 16), (32, 16, 1, 2), (32, 16, 8, 8)]
+)
+def test_reduced_width_is_channels_over_ratio_at_least_min(channels, ratio, min_channels, reduced):
+    layer = SqueezeExcite(ratio=ratio, min_channels=min_channels)
+    layer.build((None, 4, 4, channels))
+    assert layer.reduce.kernel.shape == (channels, reduced)
+    # parameters: two FC layers with biases, 2 C C/r + C/r + C
+    assert layer.count_params() == 2 * channels * reduced + reduced + channels
+
+
+def test_without_bias_the_fc_layers_have_only_kernels():
+    layer = SqueezeExcite(ratio=16, use_bias=False)
+    layer.build((None, 4, 4, 256))
+    assert layer.count_params() == 2 * 256 * 16
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [({"ratio": 0}, "ratio"), ({"squeeze": "mean"}, "squeeze"), ({"gate": "swish"}, "gate")],
+)
+def test_invalid_arguments_raise(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        SqueezeExcite(**arguments)
+
+
+def test_get_config_returns_constructor_arguments_and_round_trips():
+    layer = SqueezeExcite(ratio=8, min_channels=4, squeeze="max", gate="tanh", use_bias=False)
+    config = layer.get_config()
+    assert {k: config[k] for k in ("ratio", "min_channels", "squeeze", "gate", "use_bias")} == {
+        "ratio": 8,
+        "min_channels": 4,
+        "squeeze": "max",
+        "gate": "tanh",
+        "use_bias": False,
+    }
+    assert SqueezeExcite.from_config(config).get_config() == config
+
+
+def test_saved_model_loads_without_custom_objects_and_gives_same_outputs(tmp_path):
+    inputs = keras.Input((6, 6, 16))
+    outputs = SqueezeExcite(ratio=4, gate="hard_sigmoid", name="se")(keras.layers.Conv2D(16, 3)(inputs))
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(1).normal(size=(2, 6, 6, 16)).astype("float32")
+    model.save(tmp_path / "se.keras")
+    loaded = keras.saving.load_model(tmp_path / "se.keras")
+    assert isinstance(loaded.get_layer("se"), SqueezeExcite)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)

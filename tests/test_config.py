@@ -1,0 +1,93 @@
+"""The config schema: every shipped option validates; mistakes name key, value, choices."""
+
+import pytest
+
+from sectrain.cli import check_overrides, config_groups
+from sectrain.config import ATTENTION_KINDS, check_key
+from sectrain.errors import ConfigError
+from tests.conftest import compose_config, make_config
+
+
+@pytest.mark.parametrize(
+    "group_option",
+    [f"{group}={option}" for group, options in config_groups().items() for option in options],
+)
+def test_every_shipped_config_option_composes_and_validates(group_option):
+    config = make_config(group_option)
+    assert config.model.name and config.trainer.epochs >= 1
+
+
+def test_defaults_train_se_resnet20_on_digits():
+    config = make_config()
+    assert config.model.name == "cifar_resnet20"
+    assert config.model.attention.kind == "se" and config.model.attention.ratio == 16
+    assert config.data.source == "digits" and config.data.image_size == 32
+
+
+def test_attention_none_gives_the_plain_network():
+    assert make_config("model=se_resnet50", "model/attention=none").model.attention.kind == "none"
+
+
+def test_any_key_can_be_overridden():
+    config = make_config("model.attention.ratio=8", "trainer.global_batch_size=32", "optimizer.lr=0.3")
+    assert (config.model.attention.ratio, config.trainer.global_batch_size) == (8, 32)
+    assert config.optimizer.lr == 0.3
+
+
+def test_attention_kinds_match_the_registered_layers():
+    from sectrain.layers.attention import ATTENTION_LAYERS
+
+    assert set(ATTENTION_KINDS) == {"none", *ATTENTION_LAYERS.names()}
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["model.attention.ratio=0"], "model.attention.ratio: must be at least 1. Received: 0"),
+        (["trainer.global_batch_size=-8"], "trainer.global_batch_size: must be at least 1"),
+        (["model.name=resnet5"], "model.name: unknown value 'resnet5'"),
+        (["model.attention.gate=sigmod"], "Did you mean 'sigmoid'?"),
+        (["optimizer.name=sdg"], "Did you mean 'sgd'?"),
+        (["schedule.milestones=[30,10]"], "schedule.milestones: must increase"),
+        (["trainer.epochs=2", "schedule.warmup_epochs=2"], "schedule.warmup_epochs"),
+        (["model.attention.stages=[1]"], "model.attention.stages: unknown value 1"),
+    ],
+)
+def test_invalid_values_are_rejected_with_key_value_and_allowed(overrides, expected):
+    with pytest.raises(ConfigError) as error:
+        make_config(*overrides)
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["model=se_resnet5O"], "model: unknown value 'se_resnet5O'"),
+        (["data=cifar1O"], "Did you mean 'cifar10'?"),
+        (["optimizer=adamw", "model/attention=sse"], "Did you mean 'se'?"),
+        (["-m", "model=se_resnet20,se_resnet21"], "unknown value 'se_resnet21'"),
+        (["trainer.epoch=3"], "key trainer: unknown value 'epoch'. Allowed:"),
+        (["trainer.epochs.x=3"], "trainer.epochs has no sub-keys"),
+        (["trainer.epochs=many"], "trainer.epochs: Value 'many' of type 'str' could not be"),
+        (["-m", "trainer.seed=1,x"], "trainer.seed"),
+    ],
+)
+def test_command_line_mistakes_are_caught_before_hydra(args, expected):
+    with pytest.raises(ConfigError) as error:
+        check_overrides(args)
+    assert expected in str(error.value)
+
+
+def test_valid_command_lines_pass_the_override_check():
+    check_overrides(["-m", "model=se_resnet20,se_resnet50", "model.attention.ratio=4,16"])
+    check_overrides(["hydra.run.dir=/tmp/x", "+extra=1", "trainer.seed=3"])
+
+
+def test_check_key_walks_nested_sections():
+    check_key("model.attention.ratio")
+    with pytest.raises(ConfigError, match="Did you mean 'ratio'"):
+        check_key("model.attention.ration")
+
+
+def test_composed_config_keeps_hydra_out_of_the_schema():
+    assert "hydra" not in compose_config()

@@ -1,0 +1,130 @@
+"""The training loop and a whole run, in process, on real data (digits) and mock TFDS."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from sectrain.data.pipeline import make_pipelines
+from sectrain.data.sources import load_source
+from sectrain.errors import ConfigError
+from sectrain.models import build_model
+from sectrain.train import train
+from sectrain.training.loop import TrainingLoop
+from sectrain.training.strategy import make_strategy
+from tests.conftest import make_config
+
+SE = {"kind": "se", "ratio": 4}
+
+
+def train_weights(strategy_name, steps, steps_per_call=1, global_batch=16, precision="float32"):
+    """Trains a small SE-ResNet on fixed digits batches from a seeded initialisation.
+
+    Returns the strategy, the model, its initial and its final variables (arrays), and
+    the mean training loss of each call.
+    """
+    keras.mixed_precision.set_dtype_policy(precision)
+    keras.utils.set_random_seed(0)
+    config = make_config("data.augment.pad_crop=0")
+    source = load_source(config.data)
+    data, _ = make_pipelines(source, config.data, global_batch, seed=0)
+    strategy = make_strategy(strategy_name)
+    with strategy.scope():
+        model = build_model(
+            "cifar_resnet20", num_classes=10, input_shape=source.image_shape, attention=SE, sync_bn=True
+        )
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+    initial = [v.numpy() for v in model.variables]
+    loop = TrainingLoop(strategy, model, optimizer, global_batch, l2_rate=1e-4, jit_compile=False)
+    iterator = iter(strategy.experimental_distribute_dataset(data))
+    losses = []
+    for _ in range(steps // steps_per_call):
+        loop.reset("train")
+        loop.train_steps(iterator, tf.constant(steps_per_call))
+        losses.append(loop.results("train")["loss"])
+    keras.mixed_precision.set_dtype_policy("float32")
+    return strategy, model, initial, [v.numpy() for v in model.variables], losses
+
+
+def test_two_replica_mirrored_with_sync_bn_matches_one_device():
+    mirrored, _, initial, distributed, _ = train_weights("mirrored", steps=2)
+    assert mirrored.num_replicas_in_sync == 2
+    single, _, same_initial, reference, _ = train_weights("one_device", steps=2)
+    assert single.num_replicas_in_sync == 1
+    for a, b in zip(initial, same_initial):
+        np.testing.assert_array_equal(a, b)
+    # Summation order differs across replicas: compare the updates in float32 tolerance.
+    got = np.concatenate([(w - w0).ravel() for w, w0 in zip(distributed, initial)])
+    want = np.concatenate([(w - w0).ravel() for w, w0 in zip(reference, initial)])
+    assert np.abs(want).max() > 1e-3  # the weights did move
+    assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
+
+
+def test_several_steps_per_call_equal_one_step_per_call():
+    *_, fused, _ = train_weights("one_device", steps=4, steps_per_call=2)
+    *_, single, _ = train_weights("one_device", steps=4, steps_per_call=1)
+    for got, want in zip(fused, single):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_master_weights(precision):
+    _, model, _, _, losses = train_weights("one_device", steps=12, steps_per_call=3, global_batch=32, precision=precision)
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+    assert model.get_layer("conv1_conv").compute_dtype == precision.split("_")[1]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_default_recipe_trains_and_writes_the_run_folder(tmp_path, fast_digits):
+    config = make_config(*fast_digits, "trainer.epochs=2")
+    best = train(config, tmp_path, resolved_yaml="model: {}\n")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert best == summary["best"]["val_top1"] == max(summary["best"]["val_top1"], summary["final"]["val_top1"])
+    assert summary["parameters"] == {"trainable": 271_807, "total": 273_183}
+    assert summary["flops"] > 0 and summary["images_per_sec"] > 0
+    assert set(summary["versions"]) == {"python", "tensorflow", "keras"}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    columns = {"train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "seconds"}
+    assert columns <= set(rows[0])
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 3
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    assert model.count_params() == 273_183
+
+
+def test_rerun_in_the_same_folder_resumes_from_the_last_checkpoint(tmp_path, fast_digits):
+    train(make_config(*fast_digits, "trainer.epochs=1"), tmp_path)
+    train(make_config(*fast_digits, "trainer.epochs=2"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert json.loads((tmp_path / "summary.json").read_text())["final"]["epoch"] == 2
+
+
+def test_se_resnet50_on_cifar10_trains_from_tfds(tmp_path):
+    config = make_config("model=se_resnet50", "data=cifar10", "trainer.epochs=1", "trainer.global_batch_size=8")
+    with tfds.testing.mock_data(num_examples=16):
+        train(config, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["model"] == "resnet50" and summary["data"] == "cifar10"
+    assert summary["image_shape"] == [32, 32, 3] and len(summary["classes"]) == 10
+    assert np.isfinite(summary["final"]["train_loss"])
+
+
+def test_cifar100_has_100_classes_under_mock_data(tmp_path):
+    config = make_config("data=cifar100", "trainer.epochs=1", "trainer.global_batch_size=8")
+    with tfds.testing.mock_data(num_examples=16):
+        source = load_source(config.data)
+    assert source.num_classes == 100 and source.image_shape == (32, 32, 3)
+
+
+def test_global_batch_must_divide_across_replicas(tmp_path):
+    config = make_config("trainer.strategy=mirrored", "trainer.global_batch_size=33")
+    with pytest.raises(ConfigError, match="divisible by the 2 replicas"):
+        train(config, tmp_path)
