@@ -7,7 +7,7 @@ imported, so a mistake costs well under two seconds.
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -36,7 +36,7 @@ class AttentionConfig:
     gate: str = "sigmoid"  # sigmoid | hard_sigmoid | tanh | relu
     use_bias: bool = True  # biases in the FC layers
     placement: str = "standard"  # standard | pre | post | identity (paper Figure 5)
-    stages: Optional[List[int]] = None  # stages with attention (2-5); null: all
+    stages: list[int] | None = None  # stages with attention (2-5); null: all
 
 
 @dataclass
@@ -60,9 +60,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "test"
     val_fraction: float = 0.2  # digits only: stratified validation fraction
-    data_dir: Optional[str] = None  # TFDS data directory (null: TFDS default)
-    mean: Optional[List[float]] = None  # per-channel mean in [0, 1]; null: measured
-    std: Optional[List[float]] = None  # per-channel std in [0, 1]; null: measured
+    data_dir: str | None = None  # TFDS data directory (null: TFDS default)
+    mean: list[float] | None = None  # per-channel mean in [0, 1]; null: measured
+    std: list[float] | None = None  # per-channel std in [0, 1]; null: measured
     cache: bool = True  # cache decoded images in memory (small data sets)
     shuffle_buffer: int = 10_000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -87,7 +87,7 @@ class ScheduleConfig:
     name: str = "cosine"  # constant | step | multistep | cosine
     warmup_epochs: float = 0.0  # linear warmup from 0 to the peak learning rate
     step_size: int = 30  # step: epochs between decays
-    milestones: List[int] = field(default_factory=list)  # multistep: decay epochs
+    milestones: list[int] = field(default_factory=list)  # multistep: decay epochs
     gamma: float = 0.1  # step, multistep: decay factor
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of the peak
 
@@ -101,7 +101,7 @@ class TrainerConfig:
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     sync_bn: bool = False  # synchronise batch-norm statistics across replicas
     steps_per_call: int = 1  # training steps per tf.function call
-    jit_compile: Optional[bool] = None  # XLA; null: on with a GPU, off on CPU
+    jit_compile: bool | None = None  # XLA; null: on with a GPU, off on CPU
     save_model: bool = True  # write model.keras at the end
 
 

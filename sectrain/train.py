@@ -106,7 +106,9 @@ def train(config, run_dir, resolved_yaml="", console=None):
     rows = files.restart_after(int(epoch_var.numpy()))
     for epoch in range(int(epoch_var.numpy()) + 1, t.epochs + 1):
         epoch_started = time.perf_counter()
-        train_metrics, images_per_sec = _train_epoch(loop, train_iterator, steps_per_epoch, t, epoch, console)
+        train_metrics, images_per_sec = _train_epoch(
+            loop, train_iterator, steps_per_epoch, t, epoch, console
+        )
         row = {
             "epoch": epoch,
             **{f"train_{k}": v for k, v in train_metrics.items()},

@@ -24,7 +24,9 @@ def compose_config(*overrides):
 
 def make_config(*overrides):
     """A validated `Config`, quiet on the console, for in-process training."""
-    return validate(compose_config("logger.print_config=false", "logger.progress=false", *overrides))
+    return validate(
+        compose_config("logger.print_config=false", "logger.progress=false", *overrides)
+    )
 
 
 @pytest.fixture

@@ -71,7 +71,9 @@ def test_get_config_returns_constructor_arguments_and_round_trips():
 
 def test_saved_model_loads_without_custom_objects_and_gives_same_outputs(tmp_path):
     inputs = keras.Input((6, 6, 16))
-    outputs = SqueezeExcite(ratio=4, gate="hard_sigmoid", name="se")(keras.layers.Conv2D(16, 3)(inputs))
+    outputs = SqueezeExcite(ratio=4, gate="hard_sigmoid", name="se")(
+        keras.layers.Conv2D(16, 3)(inputs)
+    )
     model = keras.Model(inputs, outputs)
     x = np.random.default_rng(1).normal(size=(2, 6, 6, 16)).astype("float32")
     model.save(tmp_path / "se.keras")

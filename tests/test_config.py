@@ -29,7 +29,9 @@ def test_attention_none_gives_the_plain_network():
 
 
 def test_any_key_can_be_overridden():
-    config = make_config("model.attention.ratio=8", "trainer.global_batch_size=32", "optimizer.lr=0.3")
+    config = make_config(
+        "model.attention.ratio=8", "trainer.global_batch_size=32", "optimizer.lr=0.3"
+    )
     assert (config.model.attention.ratio, config.trainer.global_batch_size) == (8, 32)
     assert config.optimizer.lr == 0.3
 

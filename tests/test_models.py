@@ -11,7 +11,9 @@ from sectrain.models import MODELS, build_model
 from sectrain.models.profile import count_flops, count_parameters
 
 SE = {"kind": "se", "ratio": 16}
-SMALL = [n for n in MODELS.names() if n.startswith("cifar_") and n != "cifar_resnet110"] + ["resnet18"]
+SMALL = [n for n in MODELS.names() if n.startswith("cifar_") and n != "cifar_resnet110"] + [
+    "resnet18"
+]
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -35,7 +37,9 @@ def test_one_training_step_is_finite_and_changes_weights(name):
     before = [v.numpy().copy() for v in model.trainable_variables]
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(
-            keras.losses.sparse_categorical_crossentropy(y, model(x, training=True), from_logits=True)
+            keras.losses.sparse_categorical_crossentropy(
+                y, model(x, training=True), from_logits=True
+            )
         )
     optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
     assert np.isfinite(loss.numpy())
@@ -60,7 +64,8 @@ def test_resnet50_trainable_parameters_match_the_paper_exactly(name, attention, 
 
 
 @pytest.mark.parametrize(
-    "name, millions", [("resnet18", 11.78), ("resnet34", 21.96), ("resnet101", 49.33), ("resnet152", 66.82)]
+    "name, millions",
+    [("resnet18", 11.78), ("resnet34", 21.96), ("resnet101", 49.33), ("resnet152", 66.82)],
 )
 def test_se_resnet_parameters_match_published_rounded_counts(name, millions):
     model = build_model(name, num_classes=1000, input_shape=(224, 224, 3), attention=SE)
@@ -89,7 +94,9 @@ def test_se_parameter_delta_equals_its_formula(name, widths_and_units):
 def test_cifar_resnets_have_he_et_al_sizes():
     # He et al. 2015, Table 6: ResNet-20 0.27M, ResNet-110 1.7M parameters
     sizes = {
-        d: count_parameters(build_model(f"cifar_resnet{d}", num_classes=10, input_shape=(32, 32, 3)))[0]
+        d: count_parameters(
+            build_model(f"cifar_resnet{d}", num_classes=10, input_shape=(32, 32, 3))
+        )[0]
         for d in (20, 110)
     }
     assert round(sizes[20] / 1e6, 2) == 0.27
@@ -98,13 +105,17 @@ def test_cifar_resnets_have_he_et_al_sizes():
 
 def test_resnet50_flops_match_table_2():
     plain = count_flops(build_model("resnet50", num_classes=1000, input_shape=(224, 224, 3)))
-    se = count_flops(build_model("resnet50", num_classes=1000, input_shape=(224, 224, 3), attention=SE))
+    se = count_flops(
+        build_model("resnet50", num_classes=1000, input_shape=(224, 224, 3), attention=SE)
+    )
     assert (round(plain / 1e9, 2), round(se / 1e9, 2)) == (3.86, 3.87)
 
 
 def test_stages_and_placement_select_where_attention_goes():
     def se_layers(**attention):
-        model = build_model("resnet50", num_classes=10, input_shape=(64, 64, 3), attention={**SE, **attention})
+        model = build_model(
+            "resnet50", num_classes=10, input_shape=(64, 64, 3), attention={**SE, **attention}
+        )
         return [layer for layer in model.layers if layer.name.endswith("_se")]
 
     assert {layer.name[:5] for layer in se_layers(stages=[4])} == {"conv4"}

@@ -15,7 +15,9 @@ def lr_at(schedule, epoch):
 
 
 def test_linear_warmup_rises_from_zero_to_peak():
-    schedule = make_schedule(ScheduleConfig(name="constant", warmup_epochs=2), 0.4, STEPS_PER_EPOCH, 10)
+    schedule = make_schedule(
+        ScheduleConfig(name="constant", warmup_epochs=2), 0.4, STEPS_PER_EPOCH, 10
+    )
     assert [lr_at(schedule, e) for e in (0, 0.5, 1, 2, 9)] == pytest.approx([0, 0.1, 0.2, 0.4, 0.4])
 
 
@@ -28,8 +30,12 @@ def test_multistep_multiplies_by_gamma_at_each_milestone():
 
 
 def test_step_decays_every_step_size_epochs():
-    schedule = make_schedule(ScheduleConfig(name="step", step_size=30, gamma=0.1), 0.6, STEPS_PER_EPOCH, 100)
-    assert [lr_at(schedule, e) for e in (29, 30, 60, 99)] == pytest.approx([0.6, 0.06, 0.006, 0.0006])
+    schedule = make_schedule(
+        ScheduleConfig(name="step", step_size=30, gamma=0.1), 0.6, STEPS_PER_EPOCH, 100
+    )
+    assert [lr_at(schedule, e) for e in (29, 30, 60, 99)] == pytest.approx(
+        [0.6, 0.06, 0.006, 0.0006]
+    )
 
 
 def test_cosine_goes_from_peak_to_min_after_warmup():

@@ -34,7 +34,11 @@ def train_weights(strategy_name, steps, steps_per_call=1, global_batch=16, preci
     strategy = make_strategy(strategy_name)
     with strategy.scope():
         model = build_model(
-            "cifar_resnet20", num_classes=10, input_shape=source.image_shape, attention=SE, sync_bn=True
+            "cifar_resnet20",
+            num_classes=10,
+            input_shape=source.image_shape,
+            attention=SE,
+            sync_bn=True,
         )
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
         optimizer.build(model.trainable_variables)
@@ -73,7 +77,9 @@ def test_several_steps_per_call_equal_one_step_per_call():
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_with_float32_master_weights(precision):
-    _, model, _, _, losses = train_weights("one_device", steps=12, steps_per_call=3, global_batch=32, precision=precision)
+    _, model, _, _, losses = train_weights(
+        "one_device", steps=12, steps_per_call=3, global_batch=32, precision=precision
+    )
     assert all(v.dtype == "float32" for v in model.trainable_variables)
     assert model.get_layer("conv1_conv").compute_dtype == precision.split("_")[1]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
@@ -84,13 +90,27 @@ def test_default_recipe_trains_and_writes_the_run_folder(tmp_path, fast_digits):
     best = train(config, tmp_path, resolved_yaml="model: {}\n")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed"
-    assert best == summary["best"]["val_top1"] == max(summary["best"]["val_top1"], summary["final"]["val_top1"])
+    assert (
+        best
+        == summary["best"]["val_top1"]
+        == max(summary["best"]["val_top1"], summary["final"]["val_top1"])
+    )
     assert summary["parameters"] == {"trainable": 271_807, "total": 273_183}
     assert summary["flops"] > 0 and summary["images_per_sec"] > 0
     assert set(summary["versions"]) == {"python", "tensorflow", "keras"}
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    columns = {"train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec", "seconds"}
+    columns = {
+        "train_loss",
+        "train_top1",
+        "train_top5",
+        "val_loss",
+        "val_top1",
+        "val_top5",
+        "lr",
+        "images_per_sec",
+        "seconds",
+    }
     assert columns <= set(rows[0])
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 3
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -108,7 +128,9 @@ def test_rerun_in_the_same_folder_resumes_from_the_last_checkpoint(tmp_path, fas
 
 
 def test_se_resnet50_on_cifar10_trains_from_tfds(tmp_path):
-    config = make_config("model=se_resnet50", "data=cifar10", "trainer.epochs=1", "trainer.global_batch_size=8")
+    config = make_config(
+        "model=se_resnet50", "data=cifar10", "trainer.epochs=1", "trainer.global_batch_size=8"
+    )
     with tfds.testing.mock_data(num_examples=16):
         train(config, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -118,4 +118,3 @@ class SqueezeExcite(layers.Layer):
             use_bias=self.use_bias,
         )
         return config
-

@@ -162,9 +162,13 @@ for _depth, _block, _depths in [
     (101, "bottleneck", (3, 4, 23, 3)),
     (152, "bottleneck", (3, 8, 36, 3)),
 ]:
-    _register(f"resnet{_depth}", block=_block, depths=_depths, widths=IMAGENET_WIDTHS, stem="imagenet")
+    _register(
+        f"resnet{_depth}", block=_block, depths=_depths, widths=IMAGENET_WIDTHS, stem="imagenet"
+    )
 
 # CIFAR ResNets: 6n + 2 layers, n basic units per stage, widths 16-32-64.
 for _depth in (20, 32, 44, 56, 110):
     _n = (_depth - 2) // 6
-    _register(f"cifar_resnet{_depth}", block="basic", depths=(_n,) * 3, widths=(16, 32, 64), stem="cifar")
+    _register(
+        f"cifar_resnet{_depth}", block="basic", depths=(_n,) * 3, widths=(16, 32, 64), stem="cifar"
+    )

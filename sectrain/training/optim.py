@@ -112,4 +112,6 @@ def l2_decay_rate(optimizer):
 def l2_penalty(model, rate):
     """0.5 * rate * sum of squared conv and dense kernels (the paper's weight decay)."""
     kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
-    return rate * ops.sum(ops.stack([0.5 * ops.sum(ops.square(ops.cast(k, "float32"))) for k in kernels]))
+    return rate * ops.sum(
+        ops.stack([0.5 * ops.sum(ops.square(ops.cast(k, "float32"))) for k in kernels])
+    )

@@ -1,0 +1,92 @@
+"""The `sectrain` command as a user runs it, in subprocesses."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def sectrain(*args, importtime=False):
+    """Runs `sectrain ARGS...`; returns the completed process (stdout and stderr as text)."""
+    python = [sys.executable, "-X", "importtime"] if importtime else [sys.executable]
+    return subprocess.run(
+        [*python, "-m", "sectrain.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def imported_tensorflow(result):
+    return any(line.rstrip().endswith("| tensorflow") for line in result.stderr.splitlines())
+
+
+def test_help_lists_groups_and_keys_without_importing_tensorflow():
+    result = sectrain("--help", importtime=True)
+    assert result.returncode == 0
+    assert "model: " in result.stdout and "model/attention: none, se" in result.stdout
+    assert "global_batch_size" in result.stdout
+    assert not imported_tensorflow(result)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model=se_resnet51"], "model: unknown value 'se_resnet51'"),
+        (["data=cifar11"], "Did you mean 'cifar10'?"),
+        (["optimizer=adamm"], "Did you mean 'adam'?"),
+        (["model.name=resnet05"], "model.name: unknown value 'resnet05'"),
+        (["model.attention.ratio=0"], "model.attention.ratio: must be at least 1. Received: 0"),
+        (
+            ["trainer.global_batch_size=-4"],
+            "trainer.global_batch_size: must be at least 1. Received: -4",
+        ),
+        (["trainer.epocs=3"], "Did you mean 'epochs'?"),
+        (["-m", "model.attention.ratio=4,0"], "model.attention.ratio: must be at least 1"),
+    ],
+)
+def test_config_mistakes_exit_2_with_a_message_and_no_traceback(args, message, tmp_path):
+    result = sectrain(
+        *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep", importtime=True
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "import time:" not in line]
+    text = " ".join(" ".join(errors).split())
+    assert message in text
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not imported_tensorflow(result)
+
+
+def test_one_run_writes_the_whole_run_folder(tmp_path):
+    result = sectrain("trainer.epochs=1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert "cifar_resnet20 attention=se" in result.stdout and "MFLOPs" in result.stdout
+    assert "val top-1" in result.stdout  # the per-epoch table
+    expected = {
+        "config.yaml",
+        "sectrain.log",
+        "metrics.csv",
+        "metrics.jsonl",
+        "model.keras",
+        "summary.json",
+    }
+    assert expected <= {p.name for p in tmp_path.iterdir()}
+    assert "name: cifar_resnet20" in (tmp_path / "config.yaml").read_text()
+    assert '"val_top1"' in (tmp_path / "sectrain.log").read_text()  # metrics rows in the log
+    assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_sweep_runs_one_job_per_value_each_with_its_folder(tmp_path):
+    result = sectrain(
+        "-m", "model.attention.ratio=4,16", "trainer.epochs=1", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr
+    summaries = [json.loads((tmp_path / job / "summary.json").read_text()) for job in ("0", "1")]
+    assert [s["attention"]["ratio"] for s in summaries] == [4, 16]
+    assert summaries[0]["parameters"]["trainable"] > summaries[1]["parameters"]["trainable"]
+
+
+def test_default_command_reaches_98_percent_on_digits(tmp_path):
+    """The README's first command: SE-ResNet-20 on the embedded digits, 15 epochs."""
+    result = sectrain(f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final"]["val_top1"] >= 0.98
