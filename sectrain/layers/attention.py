@@ -1,11 +1,21 @@
-"""Channel attention blocks.
+"""Attention blocks that rescale a feature map, selectable by `model.attention.kind`.
 
-Squeeze-and-Excitation: Hu, Shen, Albanie, Sun, Wu, "Squeeze-and-Excitation Networks",
-TPAMI 2019 (https://arxiv.org/abs/1709.01507).
+- se: Hu, Shen, Albanie, Sun, Wu, "Squeeze-and-Excitation Networks", TPAMI 2019
+  (https://arxiv.org/abs/1709.01507).
+- sse, scse: Roy, Navab, Wachinger, "Concurrent Spatial and Channel 'Squeeze &
+  Excitation' in Fully Convolutional Networks", MICCAI 2018 (https://arxiv.org/abs/1803.02579).
+- eca: Wang, Wu, Zhu, Li, Zuo, Hu, "ECA-Net: Efficient Channel Attention for Deep
+  Convolutional Neural Networks", CVPR 2020 (https://arxiv.org/abs/1910.03151).
+
+Every block maps a (batch, height, width, channels) tensor to one of the same shape and
+reports its multiply-adds per image through `count_flops(input_shape)`.
 """
 
+import inspect
+import math
+
 import keras
-from keras import layers
+from keras import layers, ops
 
 from sectrain.registry import Registry
 
@@ -99,11 +109,10 @@ class SqueezeExcite(layers.Layer):
         return inputs * self.expand(self.reduce(self.pool(inputs)))
 
     def count_flops(self, input_shape):
-        """Multiply-adds for one image: the squeeze and the rescale touch each input
-        element once; each FC weight is one multiply-add on the squeezed 1x1 map."""
+        """Multiply-adds for one image: one per FC weight (on the squeezed 1x1 map) and
+        one per element for the rescale; the squeeze's pooling only adds."""
         _, height, width, channels = input_shape
-        reduced = self.reduced_channels(channels)
-        return 2 * height * width * channels + 2 * channels * reduced
+        return height * width * channels + 2 * channels * self.reduced_channels(channels)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -118,3 +127,152 @@ class SqueezeExcite(layers.Layer):
             use_bias=self.use_bias,
         )
         return config
+
+
+@ATTENTION_LAYERS.register("sse")
+@keras.saving.register_keras_serializable(package="sectrain")
+class SpatialSqueezeExcite(layers.Layer):
+    """Spatial squeeze and channel excitation (sSE): a 1x1 convolution with a sigmoid
+    gives one gate per position, shared by all channels.
+
+    Example:
+
+    >>> SpatialSqueezeExcite()(keras.random.normal((2, 8, 8, 32))).shape
+    (2, 8, 8, 32)
+    """
+
+    def build(self, input_shape):
+        self.project = layers.Conv2D(
+            1, 1, activation="sigmoid", dtype=self.dtype_policy, name="project"
+        )
+        self.project.build(input_shape)
+
+    def call(self, inputs):
+        return inputs * self.project(inputs)
+
+    def count_flops(self, input_shape):
+        """One multiply-add per element for the 1x1 projection, one for the rescale."""
+        _, height, width, channels = input_shape
+        return 2 * height * width * channels
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@ATTENTION_LAYERS.register("scse")
+@keras.saving.register_keras_serializable(package="sectrain")
+class ChannelSpatialSqueezeExcite(layers.Layer):
+    """Concurrent spatial and channel SE (scSE): the sum of an SE block's output (cSE)
+    and an sSE block's output on the same input.
+
+    Args:
+        ratio, min_channels, squeeze, gate, use_bias: those of the `SqueezeExcite`
+            channel branch.
+    """
+
+    def __init__(
+        self, ratio=16, min_channels=1, squeeze="avg", gate="sigmoid", use_bias=True, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.ratio = ratio
+        self.min_channels = min_channels
+        self.squeeze = squeeze
+        self.gate = gate
+        self.use_bias = use_bias
+
+    def build(self, input_shape):
+        self.channel = SqueezeExcite(
+            self.ratio,
+            self.min_channels,
+            self.squeeze,
+            self.gate,
+            self.use_bias,
+            dtype=self.dtype_policy,
+            name="channel",
+        )
+        self.spatial = SpatialSqueezeExcite(dtype=self.dtype_policy, name="spatial")
+        self.channel.build(input_shape)
+        self.spatial.build(input_shape)
+
+    def call(self, inputs):
+        return self.channel(inputs) + self.spatial(inputs)
+
+    def count_flops(self, input_shape):
+        return self.channel.count_flops(input_shape) + self.spatial.count_flops(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            ratio=self.ratio,
+            min_channels=self.min_channels,
+            squeeze=self.squeeze,
+            gate=self.gate,
+            use_bias=self.use_bias,
+        )
+        return config
+
+
+@ATTENTION_LAYERS.register("eca")
+@keras.saving.register_keras_serializable(package="sectrain")
+class EfficientChannelAttention(layers.Layer):
+    """Efficient channel attention (ECA): global average pooling, then a 1-D convolution
+    across neighbouring channels (no dimensionality reduction) and a sigmoid.
+
+    Args:
+        kernel_size: int (odd), or None for the paper's adaptive size: the odd number
+            nearest to (log2(channels) + beta) / gamma, rounded up.
+        gamma: float, slope of the adaptive size.
+        beta: float, offset of the adaptive size.
+    """
+
+    def __init__(self, kernel_size=None, gamma=2, beta=1, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = kernel_size
+        self.gamma = gamma
+        self.beta = beta
+
+    def adaptive_kernel_size(self, channels):
+        if self.kernel_size:
+            return self.kernel_size
+        size = int(abs((math.log2(channels) + self.beta) / self.gamma))
+        return size if size % 2 else size + 1
+
+    def build(self, input_shape):
+        self.pool = layers.GlobalAveragePooling2D(dtype=self.dtype_policy, name="squeeze")
+        self.conv = layers.Conv1D(
+            1,
+            self.adaptive_kernel_size(input_shape[-1]),
+            padding="same",
+            use_bias=False,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+        self.conv.build((input_shape[0], input_shape[-1], 1))
+
+    def call(self, inputs):
+        pooled = ops.expand_dims(self.pool(inputs), -1)  # (batch, channels, 1)
+        gates = ops.sigmoid(self.conv(pooled))  # (batch, channels, 1)
+        return inputs * ops.reshape(gates, (-1, 1, 1, inputs.shape[-1]))
+
+    def count_flops(self, input_shape):
+        _, height, width, channels = input_shape
+        return height * width * channels + channels * self.adaptive_kernel_size(channels)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size, gamma=self.gamma, beta=self.beta)
+        return config
+
+
+def make_attention(kind, name, **settings):
+    """A new attention layer of the registered `kind`; it takes from `settings` (the
+    `model.attention` config) the arguments its constructor has."""
+    layer_class = ATTENTION_LAYERS.get(kind)
+    accepted = inspect.signature(layer_class.__init__).parameters
+    return layer_class(name=name, **{k: v for k, v in settings.items() if k in accepted})
