@@ -15,11 +15,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sectrain.errors import ConfigError, unknown_choice
 
-ATTENTION_KINDS = ("none", "se")  # kept equal to the registered layers by a test
+ATTENTION_KINDS = ("none", "se", "sse", "scse", "eca")  # = the registered layers (tested)
 SQUEEZES = ("avg", "max")
 GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
 PLACEMENTS = ("standard", "pre", "post", "identity")
-STAGES = (2, 3, 4, 5)
 DATA_SOURCES = ("digits", "tfds")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
@@ -29,7 +28,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 @dataclass
 class AttentionConfig:
-    kind: str = "se"  # attention block: none | se
+    kind: str = "se"  # attention block: none | se | sse | scse | eca
     ratio: int = 16  # reduction ratio r of the first FC layer
     min_channels: int = 1  # lower bound on the reduced width
     squeeze: str = "avg"  # avg | max
@@ -37,6 +36,7 @@ class AttentionConfig:
     use_bias: bool = True  # biases in the FC layers
     placement: str = "standard"  # standard | pre | post | identity (paper Figure 5)
     stages: list[int] | None = None  # stages with attention (2-5); null: all
+    kernel_size: int | None = None  # eca: 1-D kernel across channels; null: adaptive
 
 
 @dataclass
@@ -44,6 +44,7 @@ class ModelConfig:
     name: str = MISSING  # a registered architecture, see `sectrain.models.MODELS`
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     dropout: float = 0.0  # dropout rate before the classifier
+    options: dict[str, Any] = field(default_factory=dict)  # the builder's own arguments
 
 
 @dataclass
@@ -151,6 +152,8 @@ def check_key(key):
         if part not in fields:
             raise unknown_choice(f"key {'.'.join(parts[:depth]) or '<root>'}", part, fields)
         node = fields[part].type
+        if getattr(node, "__origin__", None) is dict:
+            return  # free-form (model.options): the model checks its own keys
         if not dataclasses.is_dataclass(node):
             if depth < len(parts) - 1:
                 raise ConfigError(f"{'.'.join(parts[: depth + 1])} has no sub-keys")
@@ -194,7 +197,7 @@ def _between(key, value, low, high):
 
 
 def _check(c: Config):
-    from sectrain.models import MODELS  # registers names only; no TensorFlow
+    from sectrain.models import MODELS, check_model  # registers names only; no TensorFlow
 
     _choice("model.name", c.model.name, MODELS.names())
     a = c.model.attention
@@ -204,8 +207,8 @@ def _check(c: Config):
     _choice("model.attention.squeeze", a.squeeze, SQUEEZES)
     _choice("model.attention.gate", a.gate, GATES)
     _choice("model.attention.placement", a.placement, PLACEMENTS)
-    for stage in a.stages or ():
-        _choice("model.attention.stages", stage, STAGES)
+    if a.kernel_size is not None and (a.kernel_size < 1 or a.kernel_size % 2 == 0):
+        raise ConfigError(f"model.attention.kernel_size: must be odd. Received: {a.kernel_size}")
     _between("model.dropout", c.model.dropout, 0.0, 0.99)
 
     d = c.data
@@ -219,6 +222,7 @@ def _check(c: Config):
             raise ConfigError(f"{key}: give one value per channel, or null to measure it")
     if d.std is not None and min(d.std) <= 0:
         raise ConfigError(f"data.std: every value must be positive. Received: {d.std}")
+    check_model(c.model.name, a, c.model.options, d.image_size)
 
     o = c.optimizer
     _choice("optimizer.name", o.name, OPTIMIZERS)

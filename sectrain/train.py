@@ -73,6 +73,7 @@ def train(config, run_dir, resolved_yaml="", console=None):
             attention=attention,
             sync_bn=t.sync_bn,
             dropout=config.model.dropout,
+            **config.model.options,
         )
         schedule = make_schedule(config.schedule, config.optimizer.lr, steps_per_epoch, t.epochs)
         optimizer = make_optimizer(config.optimizer, schedule, t.precision)

@@ -13,7 +13,7 @@ from tests.conftest import compose_config, make_config
     [f"{group}={option}" for group, options in config_groups().items() for option in options],
 )
 def test_every_shipped_config_option_composes_and_validates(group_option):
-    config = make_config(group_option)
+    config = make_config(group_option, "data.image_size=299")  # large enough for every model
     assert config.model.name and config.trainer.epochs >= 1
 
 
@@ -52,7 +52,11 @@ def test_attention_kinds_match_the_registered_layers():
         (["optimizer.name=sdg"], "Did you mean 'sgd'?"),
         (["schedule.milestones=[30,10]"], "schedule.milestones: must increase"),
         (["trainer.epochs=2", "schedule.warmup_epochs=2"], "schedule.warmup_epochs"),
-        (["model.attention.stages=[1]"], "model.attention.stages: unknown value 1"),
+        (["model.attention.stages=[1]"], "model.attention.stages: cifar_resnet20 has stages"),
+        (["model=se_densenet121", "model.attention.placement=identity"], "supports standard"),
+        (["model=se_inception_v3"], "data.image_size: inception_v3 needs inputs of at least 75"),
+        (["model=se_wrn16_8", "+model.options.widht=4"], "wrn has no option 'widht'. Its options: depth"),
+        (["model.attention.kernel_size=4"], "model.attention.kernel_size: must be odd"),
     ],
 )
 def test_invalid_values_are_rejected_with_key_value_and_allowed(overrides, expected):
@@ -66,7 +70,7 @@ def test_invalid_values_are_rejected_with_key_value_and_allowed(overrides, expec
     [
         (["model=se_resnet5O"], "model: unknown value 'se_resnet5O'"),
         (["data=cifar1O"], "Did you mean 'cifar10'?"),
-        (["optimizer=adamw", "model/attention=sse"], "Did you mean 'se'?"),
+        (["optimizer=adamw", "model/attention=ecca"], "Did you mean 'eca'?"),
         (["-m", "model=se_resnet20,se_resnet21"], "unknown value 'se_resnet21'"),
         (["trainer.epoch=3"], "key trainer: unknown value 'epoch'. Allowed:"),
         (["trainer.epochs.x=3"], "trainer.epochs has no sub-keys"),
@@ -87,6 +91,7 @@ def test_valid_command_lines_pass_the_override_check():
 
 def test_check_key_walks_nested_sections():
     check_key("model.attention.ratio")
+    check_key("model.options.depth")  # free-form: checked against the model's builder
     with pytest.raises(ConfigError, match="Did you mean 'ratio'"):
         check_key("model.attention.ration")
 

@@ -276,3 +276,29 @@ def make_attention(kind, name, **settings):
     layer_class = ATTENTION_LAYERS.get(kind)
     accepted = inspect.signature(layer_class.__init__).parameters
     return layer_class(name=name, **{k: v for k, v in settings.items() if k in accepted})
+
+
+class AttentionPlan:
+    """Where a network gets attention blocks, from its `model.attention` settings.
+
+    Args:
+        settings: dict with `kind` (a registered attention layer, or "none"),
+            `placement`, `stages` (stage numbers, None for all) and the layer's own
+            arguments; None for no attention.
+    """
+
+    def __init__(self, settings):
+        settings = dict(settings or {"kind": "none"})
+        self.kind = settings.pop("kind")
+        self.placement = settings.pop("placement", "standard")
+        self.stages = settings.pop("stages", None)
+        self.layer_settings = settings
+
+    def apply(self, x, name, stage=None, placement="standard"):
+        """Returns `x` through a new attention layer named `name_<kind>` if the plan puts
+        one at this stage and placement, else `x` unchanged."""
+        if self.kind == "none" or placement != self.placement:
+            return x
+        if self.stages is not None and stage not in self.stages:
+            return x
+        return make_attention(self.kind, f"{name}_{self.kind}", **self.layer_settings)(x)

@@ -9,21 +9,21 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def batch_norm(name, synchronized=False):
+def batch_norm(name, synchronized=False, scale=True):
     return layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, name=name
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, scale=scale, name=name
     )
 
 
-def conv(filters, kernel_size, strides=1, name=None, groups=1):
-    """Convolution without bias (a batch norm follows), He-normal initialised."""
+def conv(filters, kernel_size, strides=1, name=None, groups=1, padding="same", use_bias=False):
+    """Convolution, by default without bias (a batch norm follows), He-normal initialised."""
     return layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
-        padding="same",
+        padding=padding,
         groups=groups,
-        use_bias=False,
+        use_bias=use_bias,
         kernel_initializer="he_normal",
         name=name,
     )
@@ -63,3 +63,30 @@ class PadShortcut(layers.Layer):
         config = super().get_config()
         config.update(filters=self.filters, strides=self.strides)
         return config
+
+
+def conv_bn(
+    x,
+    filters,
+    kernel_size,
+    strides=1,
+    name=None,
+    sync_bn=False,
+    padding="same",
+    activation="relu",
+    scale=True,
+    groups=1,
+):
+    """Convolution without bias, batch norm, then `activation` (None: none)."""
+    x = conv(filters, kernel_size, strides, f"{name}_conv", groups, padding)(x)
+    x = batch_norm(f"{name}_bn", sync_bn, scale)(x)
+    return x if activation is None else layers.Activation(activation, name=f"{name}_act")(x)
+
+
+def classifier(x, num_classes, dropout=0.0):
+    """Global average pooling, optional dropout, and a dense layer giving float32 logits
+    (float32 even under mixed precision, for a stable softmax and loss)."""
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return layers.Dense(num_classes, dtype="float32", name="predictions")(x)

@@ -1,8 +1,8 @@
-"""Model families. Each registers its builders by name in `MODELS`; every builder takes
-`num_classes`, `input_shape`, `attention` (a dict of attention settings, or None),
-`sync_bn` and `dropout`, and returns a Keras model that outputs logits."""
+"""Model families. Each module registers its models in `MODELS` (see `ModelSpec`); every
+builder takes `num_classes`, `input_shape`, `attention` (a dict of attention settings,
+or None), `sync_bn` and `dropout`, and returns a Keras model that outputs logits."""
 
-from sectrain.models import resnet  # noqa: F401  (registers the ResNets)
-from sectrain.models.registry import MODELS, build_model
+from sectrain.models import densenet, inception, mobilenet, resnet  # noqa: F401 (registers)
+from sectrain.models.registry import MODELS, ModelSpec, build_model, check_model
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "ModelSpec", "build_model", "check_model"]

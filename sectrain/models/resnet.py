@@ -38,11 +38,7 @@ class _Units:
     settings, shortcut kind and batch-norm synchronisation."""
 
     def __init__(self, attention, sync_bn, preact, shortcut):
-        attention = dict(attention or {"kind": "none"})
-        self.kind = attention.pop("kind")
-        self.placement = attention.pop("placement", "standard")
-        self.stages = attention.pop("stages", None)
-        self.attention_settings = attention
+        self.plan = attention_layers.AttentionPlan(attention)
         self.sync_bn = sync_bn
         self.preact = preact
         self.shortcut_kind = shortcut
@@ -60,17 +56,6 @@ class _Units:
         x = common.batch_norm(f"{name}_bn", self.sync_bn)(make_conv(x))
         return x if last else keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
-    def attention(self, x, stage, placement, name):
-        """Applies the attention block to `x` if this stage and placement call for it."""
-        if self.kind == "none" or self.placement != placement:
-            return x
-        if self.stages is not None and stage not in self.stages:
-            return x
-        layer = attention_layers.make_attention(
-            self.kind, f"{name}_{self.kind}", **self.attention_settings
-        )
-        return layer(x)
-
     def shortcut(self, x, filters, strides, name, project_from=None):
         """`x` itself where the shape is kept, else a projection of `project_from` (the
         pre-activated input in a pre-activation unit) or of `x`."""
@@ -86,7 +71,7 @@ class _Units:
 
     def __call__(self, x, branch, filters, strides, stage, name):
         """A residual unit: the sum of `branch(x)` and the shortcut, with attention."""
-        x = self.attention(x, stage, "pre", name + "_pre")
+        x = self.plan.apply(x, f"{name}_pre", stage, "pre")
         if self.preact:
             activated = self.bn_relu(x, f"{name}_preact")
             shortcut = self.shortcut(x, filters, strides, name, project_from=activated)
@@ -94,12 +79,12 @@ class _Units:
         else:
             shortcut = self.shortcut(x, filters, strides, name)
             residual = branch(x)
-        shortcut = self.attention(shortcut, stage, "identity", name + "_identity")
-        residual = self.attention(residual, stage, "standard", name)
+        shortcut = self.plan.apply(shortcut, f"{name}_identity", stage, "identity")
+        residual = self.plan.apply(residual, name, stage)
         x = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
         if not self.preact:
             x = keras.layers.Activation("relu", name=f"{name}_out")(x)
-        return self.attention(x, stage, "post", name + "_post")
+        return self.plan.apply(x, f"{name}_post", stage, "post")
 
 
 def _stem(units, x, stem, width):
@@ -197,12 +182,7 @@ def build_resnet(
             x = units(x, branch, out_channels, strides, stage, unit_name)
     if preact:
         x = units.bn_relu(x, "post")
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-    # Logits in float32 even under mixed precision, for a stable softmax and loss.
-    outputs = keras.layers.Dense(num_classes, dtype="float32", name="predictions")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return keras.Model(inputs, common.classifier(x, num_classes, dropout), name=name)
 
 
 def _register(name, input_size=224, stages=(2, 3, 4, 5), **architecture):
@@ -295,7 +275,9 @@ def build_wide_resnet(
     """Wide ResNet WRN-`depth`-`width`: pre-activation basic units, (depth - 4) / 6 per
     stage, widths 16k-32k-64k for k = `width`."""
     if (depth - 4) % 6 or depth < 10:
-        raise ConfigError(f"model.options.depth: must be 6n + 4 (10, 16, 22, 28, ...). Received: {depth}")
+        raise ConfigError(
+            f"model.options.depth: must be 6n + 4 (10, 16, 22, 28, ...). Received: {depth}"
+        )
     return build_resnet(
         num_classes,
         input_shape,
@@ -312,6 +294,4 @@ def build_wide_resnet(
     )
 
 
-register_model(
-    "wrn", build_wide_resnet, input_size=32, placements=PLACEMENTS, stages=CIFAR_STAGES
-)
+register_model("wrn", build_wide_resnet, input_size=32, placements=PLACEMENTS, stages=CIFAR_STAGES)
