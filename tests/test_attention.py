@@ -4,7 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from sectrain.layers.attention import GATES, SqueezeExcite
+from sectrain.layers.attention import (
+    GATES,
+    ChannelSpatialSqueezeExcite,
+    EfficientChannelAttention,
+    SpatialSqueezeExcite,
+    SqueezeExcite,
+)
 
 
 def excitation(layer, x):
@@ -79,4 +85,65 @@ def test_saved_model_loads_without_custom_objects_and_gives_same_outputs(tmp_pat
     model.save(tmp_path / "se.keras")
     loaded = keras.saving.load_model(tmp_path / "se.keras")
     assert isinstance(loaded.get_layer("se"), SqueezeExcite)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def test_spatial_se_gates_each_position_by_a_1x1_projection():
+    x = np.random.default_rng(2).normal(size=(2, 4, 4, 8)).astype("float32")
+    layer = SpatialSqueezeExcite()
+    y = keras.ops.convert_to_numpy(layer(x))
+    kernel = layer.project.kernel.numpy().reshape(8, 1)
+    gate = sigmoid(x @ kernel + layer.project.bias.numpy())
+    np.testing.assert_allclose(y, x * gate, rtol=1e-5, atol=1e-6)
+    assert layer.count_params() == 8 + 1
+
+
+def test_scse_is_the_sum_of_channel_and_spatial_excitation():
+    x = np.random.default_rng(3).normal(size=(2, 4, 4, 32)).astype("float32")
+    layer = ChannelSpatialSqueezeExcite(ratio=4)
+    y = keras.ops.convert_to_numpy(layer(x))
+    want = keras.ops.convert_to_numpy(layer.channel(x) + layer.spatial(x))
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer.channel(x)), x * excitation(layer.channel, x), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("channels, kernel", [(16, 3), (64, 3), (256, 5), (1024, 5), (2048, 7)])
+def test_eca_kernel_size_adapts_to_channels_as_in_the_paper(channels, kernel):
+    assert EfficientChannelAttention().adaptive_kernel_size(channels) == kernel
+    assert EfficientChannelAttention(kernel_size=9).adaptive_kernel_size(channels) == 9
+
+
+def test_eca_gates_channels_by_a_1d_convolution_of_the_pooled_map():
+    x = np.random.default_rng(4).normal(size=(2, 3, 3, 16)).astype("float32")
+    layer = EfficientChannelAttention()
+    y = keras.ops.convert_to_numpy(layer(x))
+    weights = layer.conv.kernel.numpy().ravel()  # (3,): channels c-1, c, c+1
+    pooled = np.pad(x.mean(axis=(1, 2)), ((0, 0), (1, 1)))
+    z = sum(weights[i] * pooled[:, i : i + 16] for i in range(3))
+    np.testing.assert_allclose(y, x * sigmoid(z)[:, None, None, :], rtol=1e-5, atol=1e-6)
+    assert layer.count_params() == 3
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        SpatialSqueezeExcite(),
+        ChannelSpatialSqueezeExcite(ratio=8, gate="tanh"),
+        EfficientChannelAttention(5),
+    ],
+    ids=["sse", "scse", "eca"],
+)
+def test_every_attention_layer_saves_and_loads(layer, tmp_path):
+    inputs = keras.Input((5, 5, 16))
+    model = keras.Model(inputs, layer(inputs))
+    x = np.random.default_rng(5).normal(size=(2, 5, 5, 16)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.layers[-1].get_config() == layer.get_config()
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)

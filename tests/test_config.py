@@ -28,6 +28,10 @@ def test_attention_none_gives_the_plain_network():
     assert make_config("model=se_resnet50", "model/attention=none").model.attention.kind == "none"
 
 
+def test_senet154_config_has_the_appendix_dropout():
+    assert make_config("model=senet154", "data.image_size=224").model.dropout == 0.2
+
+
 def test_any_key_can_be_overridden():
     config = make_config(
         "model.attention.ratio=8", "trainer.global_batch_size=32", "optimizer.lr=0.3"
@@ -55,7 +59,10 @@ def test_attention_kinds_match_the_registered_layers():
         (["model.attention.stages=[1]"], "model.attention.stages: cifar_resnet20 has stages"),
         (["model=se_densenet121", "model.attention.placement=identity"], "supports standard"),
         (["model=se_inception_v3"], "data.image_size: inception_v3 needs inputs of at least 75"),
-        (["model=se_wrn16_8", "+model.options.widht=4"], "wrn has no option 'widht'. Its options: depth"),
+        (
+            ["model=se_wrn16_8", "+model.options.widht=4"],
+            "wrn has no option 'widht'. Its options: depth",
+        ),
         (["model.attention.kernel_size=4"], "model.attention.kernel_size: must be odd"),
     ],
 )

@@ -1,4 +1,7 @@
-"""Every registered model, tested from the registry; exact counts of the paper's networks."""
+"""Every registered model, tested from the registry, and the published counts of each family.
+
+A new registration is covered by the parametrised tests without new test code.
+"""
 
 import math
 
@@ -7,116 +10,193 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sectrain.layers.attention import ATTENTION_LAYERS, SqueezeExcite
 from sectrain.models import MODELS, build_model
 from sectrain.models.profile import count_flops, count_parameters
 
 SE = {"kind": "se", "ratio": 16}
-SMALL = [n for n in MODELS.names() if n.startswith("cifar_") and n != "cifar_resnet110"] + [
-    "resnet18"
-]
+TRAIN_STEP_LIMIT = 30e6  # larger models are built and counted, not trained, in the suite
+SAVE_LIMIT = 12e6  # and only small ones are written to disk and loaded back
+
+
+def small_input(name):
+    spec = MODELS.get(name)
+    return (max(spec.min_size, 32), max(spec.min_size, 32), 3)
+
+
+def built(name, attention=None, num_classes=10, input_shape=None):
+    keras.backend.clear_session()
+    shape = input_shape or small_input(name)
+    return build_model(name, num_classes=num_classes, input_shape=shape, attention=attention)
 
 
 @pytest.mark.parametrize("name", MODELS.names())
-@pytest.mark.parametrize("attention", [None, SE], ids=["plain", "se"])
-def test_builds_with_unique_layer_names_and_right_output(name, attention):
-    model = build_model(name, num_classes=7, input_shape=(32, 32, 3), attention=attention)
+def test_model_builds_plain_and_with_se_and_trains_where_small(name, tmp_path):
+    plain = built(name)
+    assert not [layer for layer in plain.layers if isinstance(layer, SqueezeExcite)]
+    model = built(name, SE)
     names = [layer.name for layer in model.layers]
-    assert len(names) == len(set(names))
-    assert model.output.shape == (None, 7)
-    has_se = any(n.endswith("_se") for n in names)
-    assert has_se == (attention is not None)
+    assert len(names) == len(set(names)), "layer names must be unique"
+    assert model.output.shape == (None, 10)
+    se_layers = [layer for layer in model.layers if isinstance(layer, SqueezeExcite)]
+    assert se_layers
 
+    # The SE blocks add exactly their formula's parameters: 2 C (C // r) + C // r + C each.
+    added = sum(2 * c * (c // 16) + c // 16 + c for c in (s.input.shape[-1] for s in se_layers))
+    assert count_parameters(model)[0] - count_parameters(plain)[0] == added
 
-@pytest.mark.parametrize("name", SMALL)
-def test_one_training_step_is_finite_and_changes_weights(name):
+    if count_parameters(model)[0] > TRAIN_STEP_LIMIT:
+        return
     keras.utils.set_random_seed(0)
-    model = build_model(name, num_classes=5, input_shape=(32, 32, 3), attention=SE)
-    optimizer = keras.optimizers.SGD(0.01)
-    x = tf.random.normal((4, 32, 32, 3))
-    y = tf.constant([0, 1, 2, 3])
+    x = tf.random.normal((2, *small_input(name)))
+    y = tf.constant([1, 2])
     before = [v.numpy().copy() for v in model.trainable_variables]
     with tf.GradientTape() as tape:
+        logits = model(x, training=True)
         loss = tf.reduce_mean(
-            keras.losses.sparse_categorical_crossentropy(
-                y, model(x, training=True), from_logits=True
-            )
+            keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         )
-    optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    keras.optimizers.SGD(0.01).apply(
+        tape.gradient(loss, model.trainable_variables), model.trainable_variables
+    )
     assert np.isfinite(loss.numpy())
     after = [v.numpy() for v in model.trainable_variables]
     assert all(np.isfinite(a).all() for a in after)
     assert any(not np.array_equal(b, a) for b, a in zip(before, after))
 
+    if count_parameters(model)[0] > SAVE_LIMIT:
+        return
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(
+        loaded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5
+    )
+
+
+# keras.applications count_params() (BN statistics included), from PAPER.md
+KERAS_APPLICATIONS = {
+    "inception_v3": 23_851_784,
+    "inception_resnet_v2": 55_873_736,
+    "mobilenet": 4_253_864,
+    "mobilenet_v2": 3_538_984,
+    "densenet121": 8_062_504,
+    "densenet169": 14_307_880,
+    "densenet201": 20_242_984,
+}
+
+
+@pytest.mark.parametrize("name, total", KERAS_APPLICATIONS.items())
+def test_plain_network_has_the_keras_applications_parameter_count(name, total):
+    assert built(name, num_classes=1000).count_params() == total
+
+
+# Trainable parameters of the paper's layout (no conv bias), as torchvision counts them
+PAPER_LAYOUT = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x4d": 44_177_704,
+}
+
+
+@pytest.mark.parametrize("name, trainable", PAPER_LAYOUT.items())
+def test_plain_resnets_have_the_paper_layout_trainable_count(name, trainable):
+    assert count_parameters(built(name, num_classes=1000))[0] == trainable
+
+
+# With SE (r = 16), in millions, as printed by the paper (Tables 2, 3) and the public
+# reference implementations (SE-ResNet-18/34, SE-ResNeXt, SENet-154)
+SE_MILLIONS = {
+    "resnet18": 11.78,
+    "resnet34": 21.96,
+    "resnet50": 28.09,
+    "resnet101": 49.33,
+    "resnet152": 66.82,
+    "resnext50_32x4d": 27.56,
+    "resnext101_32x4d": 48.96,
+    "senet154": 115.09,
+    "mobilenet": 4.72,
+}
+
+
+@pytest.mark.parametrize("name, millions", SE_MILLIONS.items())
+def test_se_networks_have_the_published_parameter_counts(name, millions):
+    assert round(count_parameters(built(name, SE, num_classes=1000))[0] / 1e6, 2) == millions
+
+
+def test_se_resnet50_matches_the_paper_exactly():
+    model = built("resnet50", SE, num_classes=1000)
+    trainable, total = count_parameters(model)
+    assert trainable == 28_088_024
+    assert total - trainable == 53_120  # batch-norm moving means and variances
+    no_bias = built("resnet50", {**SE, "use_bias": False}, num_classes=1000)
+    assert count_parameters(no_bias)[0] == 25_557_032 + 2_514_944
+
+
+def up_to_tenth(count):
+    """Table 10 and 11 print millions rounded up to a tenth."""
+    return math.ceil(count / 1e5) / 10
+
 
 @pytest.mark.parametrize(
-    "name, attention, trainable",
+    "attention, millions",
     [
-        ("resnet50", None, 25_557_032),  # PAPER.md: torchvision / Caffe layout
-        ("resnet50", SE, 28_088_024),
-        ("resnet50", {**SE, "use_bias": False}, 25_557_032 + 2_514_944),
+        ({"ratio": 2}, 45.7),
+        ({"ratio": 4}, 35.7),
+        ({"ratio": 8}, 30.7),
+        ({"ratio": 32}, 26.9),
+        ({"stages": [2]}, 25.6),
+        ({"stages": [3]}, 25.7),
+        ({"stages": [4]}, 26.4),
     ],
 )
-def test_resnet50_trainable_parameters_match_the_paper_exactly(name, attention, trainable):
-    model = build_model(name, num_classes=1000, input_shape=(224, 224, 3), attention=attention)
-    counted, total = count_parameters(model)
-    assert counted == trainable
-    assert total - counted == 53_120  # batch-norm moving means and variances
+def test_se_resnet50_ablation_sizes_match_tables_10_and_11(attention, millions):
+    model = built("resnet50", {**SE, **attention}, num_classes=1000)
+    assert up_to_tenth(count_parameters(model)[0]) == millions
+
+
+@pytest.mark.parametrize(
+    "name, size, plain, se",
+    [("resnet50", 224, 3.86, 3.87), ("mobilenet", 224, 0.569, 0.572)],
+)
+def test_flops_match_the_paper_at_its_precision(name, size, plain, se):
+    shape = (size, size, 3)
+    digits = len(str(plain).split(".")[1])
+    assert (
+        round(count_flops(built(name, num_classes=1000, input_shape=shape)) / 1e9, digits) == plain
+    )
+    assert round(count_flops(built(name, SE, 1000, shape)) / 1e9, digits) == se
+
+
+@pytest.mark.parametrize(
+    "name, paper", [("resnet101", 7.58), ("resnet152", 11.30), ("resnext50_32x4d", 4.24)]
+)
+def test_deeper_resnet_flops_are_within_half_a_percent_of_the_paper(name, paper):
+    flops = count_flops(built(name, num_classes=1000, input_shape=(224, 224, 3))) / 1e9
+    assert abs(flops - paper) / paper < 0.005
 
 
 @pytest.mark.parametrize(
     "name, millions",
-    [("resnet18", 11.78), ("resnet34", 21.96), ("resnet101", 49.33), ("resnet152", 66.82)],
-)
-def test_se_resnet_parameters_match_published_rounded_counts(name, millions):
-    model = build_model(name, num_classes=1000, input_shape=(224, 224, 3), attention=SE)
-    assert round(count_parameters(model)[0] / 1e6, 2) == millions
-
-
-def se_parameters(widths_and_units, ratio=16):
-    """The SE blocks' parameters by formula: per unit of C channels, 2 C^2/r + C/r + C."""
-    return sum(n * (2 * c * (c // ratio) + c // ratio + c) for c, n in widths_and_units)
-
-
-@pytest.mark.parametrize(
-    "name, widths_and_units",
     [
-        ("resnet50", [(256, 3), (512, 4), (1024, 6), (2048, 3)]),
-        ("cifar_resnet56", [(16, 9), (32, 9), (64, 9)]),
+        ("preact_resnet164", 1.70),  # He et al. 2016
+        ("wrn", 10.96),  # WRN-16-8, Zagoruyko and Komodakis: 11.0M
+        ("densenet_cifar", 0.77),  # DenseNet-BC-100, k = 12: 0.8M
+        ("cifar_resnet20", 0.27),
+        ("cifar_resnet110", 1.73),
     ],
 )
-def test_se_parameter_delta_equals_its_formula(name, widths_and_units):
-    shape = (32, 32, 3)
-    plain = count_parameters(build_model(name, num_classes=10, input_shape=shape))[0]
-    se = count_parameters(build_model(name, num_classes=10, input_shape=shape, attention=SE))[0]
-    assert se - plain == se_parameters(widths_and_units)
-
-
-def test_cifar_resnets_have_he_et_al_sizes():
-    # He et al. 2015, Table 6: ResNet-20 0.27M, ResNet-110 1.7M parameters
-    sizes = {
-        d: count_parameters(
-            build_model(f"cifar_resnet{d}", num_classes=10, input_shape=(32, 32, 3))
-        )[0]
-        for d in (20, 110)
-    }
-    assert round(sizes[20] / 1e6, 2) == 0.27
-    assert round(sizes[110] / 1e6, 1) == 1.7
-
-
-def test_resnet50_flops_match_table_2():
-    plain = count_flops(build_model("resnet50", num_classes=1000, input_shape=(224, 224, 3)))
-    se = count_flops(
-        build_model("resnet50", num_classes=1000, input_shape=(224, 224, 3), attention=SE)
-    )
-    assert (round(plain / 1e9, 2), round(se / 1e9, 2)) == (3.86, 3.87)
+def test_cifar_networks_have_their_papers_sizes(name, millions):
+    assert round(count_parameters(built(name, input_shape=(32, 32, 3)))[0] / 1e6, 2) == millions
 
 
 def test_stages_and_placement_select_where_attention_goes():
-    def se_layers(**attention):
-        model = build_model(
-            "resnet50", num_classes=10, input_shape=(64, 64, 3), attention={**SE, **attention}
-        )
-        return [layer for layer in model.layers if layer.name.endswith("_se")]
+    def se_layers(name="resnet50", **attention):
+        model = built(name, {**SE, **attention})
+        return [layer for layer in model.layers if isinstance(layer, SqueezeExcite)]
 
     assert {layer.name[:5] for layer in se_layers(stages=[4])} == {"conv4"}
     assert len(se_layers(stages=[2, 5])) == 6
@@ -124,11 +204,32 @@ def test_stages_and_placement_select_where_attention_goes():
     assert len(identity) == 16 and all("_identity_" in layer.name for layer in identity)
     # pre-placement acts on the unit's input: conv2_block1 sees the 64-channel stem output
     assert se_layers(placement="pre")[0].input.shape[-1] == 64
+    post = se_layers(placement="post")
+    assert len(post) == 16 and all(layer.name.endswith("_post_se") for layer in post)
+    assert len(se_layers("inception_resnet_v2", placement="identity", stages=[5])) == 10
+
+
+@pytest.mark.parametrize("kind", ATTENTION_LAYERS.names())
+def test_every_attention_kind_builds_into_every_family(kind):
+    for name in ("cifar_resnet20", "densenet_cifar", "mobilenet"):
+        model = built(name, {"kind": kind, "ratio": 4})
+        kinds = [layer for layer in model.layers if isinstance(layer, ATTENTION_LAYERS.get(kind))]
+        assert kinds and model.output.shape == (None, 10)
 
 
 def test_cifar_shortcuts_are_parameter_free():
-    model = build_model("cifar_resnet20", num_classes=10, input_shape=(32, 32, 3))
+    model = built("cifar_resnet20", input_shape=(32, 32, 3))
     assert not [layer for layer in model.layers if layer.name.endswith("_0_conv")]
     pads = [layer for layer in model.layers if layer.name.endswith("_0_pad")]
     assert [p.output.shape[1:] for p in pads] == [(16, 16, 32), (8, 8, 64)]
-    assert all(math.prod(p.output.shape[1:]) for p in pads)
+
+
+def test_senet154_has_the_appendix_changes():
+    model = built("senet154", SE, input_shape=(64, 64, 3))
+    names = {layer.name for layer in model.layers}
+    assert {"conv1_1_conv", "conv1_2_conv", "conv1_3_conv"} <= names  # three 3x3 stem convs
+    first = model.get_layer("conv2_block1_1_conv")
+    middle = model.get_layer("conv2_block1_2_conv")
+    assert first.filters * 2 == middle.filters == 256  # the first 1x1 is halved
+    assert model.get_layer("conv3_block1_0_conv").kernel_size == (3, 3)  # stride-2 projection
+    assert model.get_layer("conv2_block1_0_conv").kernel_size == (1, 1)

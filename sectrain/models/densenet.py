@@ -129,4 +129,6 @@ def build_densenet_cifar(
     )
 
 
-register_model("densenet_cifar", build_densenet_cifar, input_size=32, stages=(2, 3, 4))
+register_model(
+    "densenet_cifar", build_densenet_cifar, input_size=32, num_classes=10, stages=(2, 3, 4)
+)

@@ -18,6 +18,7 @@ class ModelSpec:
         build: callable(num_classes, input_shape, attention, sync_bn, dropout, **options)
             returning a Keras model that outputs logits.
         input_size: the side of the square input the model is designed for.
+        num_classes: the classes of the data set it is designed for (ImageNet: 1000).
         min_size: the smallest input side it accepts.
         placements: the `model.attention.placement` values it supports.
         stages: the `model.attention.stages` values it has.
@@ -25,6 +26,7 @@ class ModelSpec:
 
     build: Callable
     input_size: int = 224
+    num_classes: int = 1000
     min_size: int = 32
     placements: tuple = ("standard",)
     stages: tuple = (2, 3, 4, 5)

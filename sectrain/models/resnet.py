@@ -185,11 +185,12 @@ def build_resnet(
     return keras.Model(inputs, common.classifier(x, num_classes, dropout), name=name)
 
 
-def _register(name, input_size=224, stages=(2, 3, 4, 5), **architecture):
+def _register(name, stages=(2, 3, 4, 5), **architecture):
     def build(**arguments):
         return build_resnet(**arguments, **architecture, name=name)
 
-    register_model(name, build, input_size=input_size, placements=PLACEMENTS, stages=stages)
+    size = {"input_size": 32, "num_classes": 10} if architecture.get("stem") == "cifar" else {}
+    register_model(name, build, placements=PLACEMENTS, stages=stages, **size)
 
 
 IMAGENET_PLANES = (64, 128, 256, 512)
@@ -244,7 +245,6 @@ CIFAR_STAGES = (2, 3, 4)
 for _depth in (20, 32, 44, 56, 110):
     _register(
         f"cifar_resnet{_depth}",
-        input_size=32,
         stages=CIFAR_STAGES,
         block="basic",
         depths=((_depth - 2) // 6,) * 3,
@@ -257,7 +257,6 @@ for _depth in (20, 32, 44, 56, 110):
 # Pre-activation ResNet-164: 9n + 2 layers, n = 18 bottleneck units per stage.
 _register(
     "preact_resnet164",
-    input_size=32,
     stages=CIFAR_STAGES,
     block="bottleneck",
     depths=(18, 18, 18),
@@ -294,4 +293,11 @@ def build_wide_resnet(
     )
 
 
-register_model("wrn", build_wide_resnet, input_size=32, placements=PLACEMENTS, stages=CIFAR_STAGES)
+register_model(
+    "wrn",
+    build_wide_resnet,
+    input_size=32,
+    num_classes=10,
+    placements=PLACEMENTS,
+    stages=CIFAR_STAGES,
+)

@@ -1,0 +1,94 @@
+"""`sectrain-models`: every registered model's parameters and FLOPs, plain and with
+attention, built at the input size and class count it is designed for."""
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from sectrain.models import MODELS
+
+
+def describe(name, attention):
+    """Builds model `name` plain and with `attention`; returns its figures as a dict."""
+    import keras
+
+    from sectrain.models import build_model
+    from sectrain.models.profile import count_flops, count_parameters
+
+    spec = MODELS.get(name)
+    shape = (spec.input_size, spec.input_size, 3)
+    row = {"model": name, "input_size": spec.input_size, "num_classes": spec.num_classes}
+    for label, settings in (("plain", None), ("attention", attention)):
+        keras.backend.clear_session()
+        model = build_model(
+            name, num_classes=spec.num_classes, input_shape=shape, attention=settings
+        )
+        trainable, total = count_parameters(model)
+        row[label] = {"trainable": trainable, "total": total, "flops": count_flops(model)}
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="sectrain-models", description=__doc__)
+    parser.add_argument("pattern", nargs="?", default="*", help="model names to list (glob)")
+    parser.add_argument("--attention", default="se", help="attention kind to compare (se)")
+    parser.add_argument("--ratio", type=int, default=16, help="reduction ratio (16)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    names = MODELS.names(args.pattern)
+    if not names:
+        Console(stderr=True).print(f"error: no model matches {args.pattern!r}", highlight=False)
+        return 2
+    attention = {"kind": args.attention, "ratio": args.ratio}
+    rows = []
+    console = Console(stderr=args.json)
+    if not console.is_terminal:
+        console.width = 160  # room for the whole table when printed to a file
+    with console.status("building models") as status:
+        for name in names:
+            status.update(f"building {name}")
+            rows.append(describe(name, attention))
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    table = Table(title=f"Registered models, plain and with {args.attention} (ratio {args.ratio})")
+    for column in (
+        "model",
+        "input",
+        "params",
+        "total",
+        "GFLOPs",
+        f"{args.attention} params",
+        "total",
+        "GFLOPs",
+        "added",
+    ):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        plain, attended = row["plain"], row["attention"]
+        table.add_row(
+            row["model"],
+            f"{row['input_size']}",
+            f"{plain['trainable']:,}",
+            f"{plain['total']:,}",
+            f"{plain['flops'] / 1e9:.3f}",
+            f"{attended['trainable']:,}",
+            f"{attended['total']:,}",
+            f"{attended['flops'] / 1e9:.3f}",
+            f"{(attended['trainable'] - plain['trainable']) / plain['trainable']:+.1%}",
+        )
+    console.print(table)
+    console.print(
+        "params: trainable parameters; total: Keras count_params(), with batch-norm "
+        "statistics; GFLOPs: multiply-adds per image.",
+        highlight=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
