@@ -150,3 +150,24 @@ def test_global_batch_must_divide_across_replicas(tmp_path):
     config = make_config("trainer.strategy=mirrored", "trainer.global_batch_size=33")
     with pytest.raises(ConfigError, match="divisible by the 2 replicas"):
         train(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("model=se_mobilenet_v2", "model.options.alpha=0.35"),
+        ("model=se_densenet_bc", "model.options.depth=16"),
+        (
+            "model=se_wrn16_8",
+            "model.options.depth=10",
+            "model.options.width=1",
+            "model/attention=eca",
+        ),
+    ],
+    ids=["mobilenet_v2", "densenet_bc", "wrn_eca"],
+)
+def test_other_families_train_through_the_same_runner(overrides, tmp_path):
+    config = make_config(*overrides, "trainer.epochs=1", "trainer.global_batch_size=256")
+    train(config, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert np.isfinite(summary["final"]["train_loss"]) and summary["final"]["val_top1"] > 0
