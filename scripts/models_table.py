@@ -1,14 +1,15 @@
 """Prints the README's model table (Markdown) from `sectrain-models --json` output.
 
-    sectrain-models --json > models.json && python scripts/models_table.py models.json
+sectrain-models --json > models.json && python scripts/models_table.py models.json
 """
 
 import json
 import sys
+from pathlib import Path
 
 
 def main(path):
-    rows = json.load(open(path))
+    rows = json.loads(Path(path).read_text())
     print("| model | input | params | total | GFLOPs | SE params | SE total | SE GFLOPs |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

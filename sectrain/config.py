@@ -22,7 +22,7 @@ PLACEMENTS = ("standard", "pre", "post", "identity")
 DATA_SOURCES = ("digits", "tfds")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
-STRATEGIES = ("auto", "default", "one_device", "mirrored")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -81,6 +81,8 @@ class OptimizerConfig:
     # sgd, adam: L2 penalty 0.5 * wd * |w|^2 on conv and dense kernels, added to the loss
     # (the paper's weight decay); adamw: decoupled decay of the same kernels.
     weight_decay: float = 1e-4
+    scale_lr_with_batch: bool = False  # lr * global_batch_size / base_batch_size
+    base_batch_size: int = 256
 
 
 @dataclass
@@ -98,7 +100,7 @@ class TrainerConfig:
     epochs: int = 10
     global_batch_size: int = 128  # summed over all replicas
     seed: int = 0
-    strategy: str = "auto"  # auto | default | one_device | mirrored
+    strategy: str = "auto"  # auto | default | one_device | mirrored | multi_worker | tpu
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     sync_bn: bool = False  # synchronise batch-norm statistics across replicas
     steps_per_call: int = 1  # training steps per tf.function call
@@ -230,6 +232,7 @@ def _check(c: Config):
         raise ConfigError(f"optimizer.lr: must be positive. Received: {o.lr}")
     _between("optimizer.momentum", o.momentum, 0.0, 0.999)
     _at_least("optimizer.weight_decay", o.weight_decay, 0.0)
+    _at_least("optimizer.base_batch_size", o.base_batch_size, 1)
 
     s = c.schedule
     _choice("schedule.name", s.name, SCHEDULES)

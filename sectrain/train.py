@@ -3,7 +3,9 @@
 import logging
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 import warnings
 from dataclasses import asdict
@@ -21,7 +23,7 @@ from sectrain.models import build_model
 from sectrain.models.profile import count_flops, count_parameters
 from sectrain.training.loop import TrainingLoop
 from sectrain.training.optim import l2_decay_rate, make_optimizer, make_schedule
-from sectrain.training.strategy import make_strategy
+from sectrain.training.strategy import is_chief, make_strategy, worker_name
 
 log = logging.getLogger("sectrain")
 # Raised by TensorFlow itself when a distributed data set is iterated inside tf.function.
@@ -31,21 +33,29 @@ warnings.filterwarnings("ignore", message="To make it possible to preserve tf.da
 def train(config, run_dir, resolved_yaml="", console=None):
     """Trains `config` (a validated `sectrain.config.Config`), writing into `run_dir`.
 
-    Re-running into a run dir that holds checkpoints resumes from the last one.
+    Re-running into a run dir that holds checkpoints resumes from the last one. With
+    several workers, only the chief writes the run folder; every worker resumes from the
+    chief's checkpoints (`run_dir` must then be on a file system they share).
 
     Returns:
         The best validation top-1 accuracy, the value a Hydra sweeper optimises.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(resolved_yaml)
     t = config.trainer
 
     keras.backend.clear_session()  # sweeps run several jobs in one process
+    strategy = make_strategy(t.strategy)  # multi-worker: before any other TensorFlow op
     keras.utils.set_random_seed(t.seed)
     keras.mixed_precision.set_dtype_policy(t.precision)
-    strategy = make_strategy(t.strategy)
+    chief = is_chief(strategy)
+    # Every worker saves checkpoints (saving may need all of them); only the chief's stay.
+    save_dir = (
+        run_dir if chief else Path(tempfile.mkdtemp(prefix=f"sectrain-{worker_name(strategy)}-"))
+    )
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(resolved_yaml)
     replicas = strategy.num_replicas_in_sync
     if t.global_batch_size % replicas:
         raise ConfigError(
@@ -75,7 +85,10 @@ def train(config, run_dir, resolved_yaml="", console=None):
             dropout=config.model.dropout,
             **config.model.options,
         )
-        schedule = make_schedule(config.schedule, config.optimizer.lr, steps_per_epoch, t.epochs)
+        peak_lr = config.optimizer.lr
+        if config.optimizer.scale_lr_with_batch:  # linear scaling (Goyal et al. 2017)
+            peak_lr *= t.global_batch_size / config.optimizer.base_batch_size
+        schedule = make_schedule(config.schedule, peak_lr, steps_per_epoch, t.epochs)
         optimizer = make_optimizer(config.optimizer, schedule, t.precision)
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -85,16 +98,19 @@ def train(config, run_dir, resolved_yaml="", console=None):
     )
 
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
-    manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
-    files = FileLogger(run_dir, tensorboard=config.logger.tensorboard)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info("resumed from %s at epoch %d", manager.latest_checkpoint, int(epoch_var.numpy()))
+    manager = tf.train.CheckpointManager(checkpoint, save_dir / "checkpoints", max_to_keep=2)
+    latest = tf.train.latest_checkpoint(run_dir / "checkpoints")  # the chief's
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        log.info("resumed from %s at epoch %d", latest, int(epoch_var.numpy()))
+    files = FileLogger(run_dir, tensorboard=config.logger.tensorboard) if chief else None
 
     trainable, total = count_parameters(model)
     flops = count_flops(model)
     height, width, _ = source.image_shape
-    console = ConsoleLogger(config.logger.print_config, config.logger.progress, console)
+    console = ConsoleLogger(
+        config.logger.print_config, config.logger.progress, console, quiet=not chief
+    )
     console.start(
         resolved_yaml,
         f"[bold]{model.name}[/] attention={config.model.attention.kind}: "
@@ -104,7 +120,7 @@ def train(config, run_dir, resolved_yaml="", console=None):
         f"{replicas} replica(s), {t.precision}",
     )
 
-    rows = files.restart_after(int(epoch_var.numpy()))
+    rows = files.restart_after(int(epoch_var.numpy())) if files else []
     for epoch in range(int(epoch_var.numpy()) + 1, t.epochs + 1):
         epoch_started = time.perf_counter()
         train_metrics, images_per_sec = _train_epoch(
@@ -119,10 +135,14 @@ def train(config, run_dir, resolved_yaml="", console=None):
             "seconds": time.perf_counter() - epoch_started,
         }
         rows.append(row)
-        files.log_epoch(row)
+        if files:
+            files.log_epoch(row)
         console.epoch_end(row)
         epoch_var.assign(epoch)
         manager.save(checkpoint_number=epoch)
+    if not chief:
+        shutil.rmtree(save_dir, ignore_errors=True)
+        return max(r["val_top1"] for r in rows) if rows else 0.0
     files.close()
 
     if t.save_model:
@@ -140,6 +160,7 @@ def train(config, run_dir, resolved_yaml="", console=None):
         "flops": flops,
         "image_shape": list(source.image_shape),
         "replicas": replicas,
+        "strategy": type(strategy).__name__,
         "precision": t.precision,
         "best": best,
         "final": rows[-1],

@@ -5,7 +5,7 @@ import pytest
 from sectrain.cli import check_overrides, config_groups
 from sectrain.config import ATTENTION_KINDS, check_key
 from sectrain.errors import ConfigError
-from tests.conftest import compose_config, make_config
+from tests.helpers import compose_config, make_config
 
 
 @pytest.mark.parametrize(

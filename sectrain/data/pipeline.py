@@ -61,4 +61,7 @@ def make_pipelines(source, data, global_batch_size, seed):
     if data.cache:
         val = val.cache()
     val = val.batch(global_batch_size).prefetch(tf.data.AUTOTUNE)
-    return train, val
+    # Across workers, each keeps its part of every batch: all read the same seeded order.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return train.with_options(options), val.with_options(options)

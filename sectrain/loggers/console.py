@@ -23,8 +23,8 @@ COLUMN_WIDTH = 9  # fixed, so that the rows printed one per epoch line up
 
 
 class ConsoleLogger:
-    def __init__(self, print_config=True, progress=True, console=None):
-        self.console = console or Console()
+    def __init__(self, print_config=True, progress=True, console=None, quiet=False):
+        self.console = console or Console(quiet=quiet)
         self.print_config = print_config
         self.show_progress = progress
         self._rows = 0

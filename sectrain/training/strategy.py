@@ -1,4 +1,6 @@
-"""Picks the tf.distribute strategy for the devices there are."""
+"""Picks the tf.distribute strategy for the devices (and machines) there are."""
+
+import os
 
 import tensorflow as tf
 
@@ -9,8 +11,21 @@ def make_strategy(name):
     Args:
         name: "auto" (MirroredStrategy over all GPUs if there are several, else one
             device), "default" (TensorFlow's default placement), "one_device" (the first
-            GPU, else the CPU) or "mirrored" (all GPUs; without GPUs, all logical CPUs).
+            GPU, else the CPU), "mirrored" (all GPUs; without GPUs, all logical CPUs),
+            "multi_worker" (MultiWorkerMirroredStrategy over the machines named by
+            TF_CONFIG, or by SLURM's environment inside a SLURM job) or "tpu"
+            (TPUStrategy on the TPU named by TPU_NAME, or the local one).
     """
+    if name == "multi_worker":
+        resolver = None  # TF_CONFIG
+        if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(os.environ.get("TPU_NAME", ""))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device"
@@ -20,3 +35,22 @@ def make_strategy(name):
         return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
     devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files: the chief, or worker 0 when the
+    cluster has no chief, or the only process of a one-machine strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def worker_name(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return "local"
+    return f"{resolver.task_type}{resolver.task_id}"

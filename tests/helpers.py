@@ -1,0 +1,62 @@
+"""Helpers shared by tests and by the processes that tests start."""
+
+import keras
+import tensorflow as tf
+from hydra import compose, initialize_config_dir
+
+from sectrain.cli import CONFIG_DIR
+from sectrain.config import validate
+from sectrain.data.pipeline import make_pipelines
+from sectrain.data.sources import load_source
+from sectrain.models import build_model
+from sectrain.training.loop import TrainingLoop
+from sectrain.training.strategy import make_strategy
+
+SE = {"kind": "se", "ratio": 4}
+
+
+def compose_config(*overrides):
+    """The config `sectrain OVERRIDES...` would run, without the `hydra` node."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def make_config(*overrides):
+    """A validated `Config`, quiet on the console, for in-process training."""
+    return validate(
+        compose_config("logger.print_config=false", "logger.progress=false", *overrides)
+    )
+
+
+def train_weights(strategy_name, steps, steps_per_call=1, global_batch=16, precision="float32"):
+    """Trains a small SE-ResNet on fixed digits batches from a seeded initialisation.
+
+    Returns the strategy, the model, its initial and its final variables (arrays), and
+    the mean training loss of each call.
+    """
+    strategy = make_strategy(strategy_name)  # multi-worker: before any other TensorFlow op
+    keras.mixed_precision.set_dtype_policy(precision)
+    keras.utils.set_random_seed(0)
+    config = make_config("data.augment.pad_crop=0")
+    source = load_source(config.data)
+    data, _ = make_pipelines(source, config.data, global_batch, seed=0)
+    with strategy.scope():
+        model = build_model(
+            "cifar_resnet20",
+            num_classes=10,
+            input_shape=source.image_shape,
+            attention=SE,
+            sync_bn=True,
+        )
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+    initial = [v.numpy() for v in model.variables]
+    loop = TrainingLoop(strategy, model, optimizer, global_batch, l2_rate=1e-4, jit_compile=False)
+    iterator = iter(strategy.experimental_distribute_dataset(data))
+    losses = []
+    for _ in range(steps // steps_per_call):
+        loop.reset("train")
+        loop.train_steps(iterator, tf.constant(steps_per_call))
+        losses.append(loop.results("train")["loss"])
+    keras.mixed_precision.set_dtype_policy("float32")
+    return strategy, model, initial, [v.numpy() for v in model.variables], losses

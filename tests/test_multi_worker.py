@@ -1,0 +1,89 @@
+"""Real MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1, set up by TF_CONFIG."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(command, count=2):
+    """Starts `command(index)` in `count` processes forming one TF_CONFIG cluster."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(count)]
+    processes = []
+    for index in range(count):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+        processes.append(
+            subprocess.Popen(
+                command(index), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    results = [p.communicate(timeout=600) for p in processes]
+    return [(p.returncode, out, err) for p, (out, err) in zip(processes, results)]
+
+
+def test_two_workers_train_to_identical_weights_and_lower_loss(tmp_path):
+    outputs = [tmp_path / f"worker{i}.npz" for i in range(2)]
+    results = start_workers(
+        lambda i: [sys.executable, "-m", "tests.multi_worker_job", str(outputs[i])]
+    )
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    first, second = (np.load(path) for path in outputs)
+    assert len(first.files) == len(second.files) > 10
+    for key in first.files:
+        np.testing.assert_array_equal(first[key], second[key])
+    losses = first["losses"]
+    assert losses[-1] < losses[0]
+
+
+def sectrain_workers(run_dir, epochs):
+    return start_workers(
+        lambda i: [
+            sys.executable,
+            "-m",
+            "sectrain.cli",
+            "trainer.strategy=multi_worker",
+            f"trainer.epochs={epochs}",
+            "trainer.global_batch_size=128",
+            "logger.progress=false",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
+
+
+def test_only_the_chief_writes_the_run_folder_and_workers_resume_from_it(tmp_path):
+    run_dir = tmp_path / "run"
+    results = sectrain_workers(run_dir, epochs=2)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["replicas"] == 2  # one CPU replica on each of two workers
+    assert summary["strategy"] == "CollectiveAllReduceStrategy"  # MultiWorkerMirroredStrategy
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # one writer
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert "epoch" in results[0][1] and "epoch" not in results[1][1]  # the worker is quiet
+
+    results = sectrain_workers(run_dir, epochs=3)  # the same command, one epoch more
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.index")) == [
+        "ckpt-2.index",
+        "ckpt-3.index",
+    ]
