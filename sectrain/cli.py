@@ -4,6 +4,9 @@ Everything here runs before TensorFlow is imported, so `--help` and configuratio
 mistakes answer in well under two seconds.
 """
 
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,6 +75,19 @@ def _values(override, as_strings=False):
         return []
 
 
+def gpu_for_job(job_num, visible_devices):
+    """The GPU a job of a parallel local sweep takes: round robin over the visible ones
+    (CUDA_VISIBLE_DEVICES, else those nvidia-smi lists); None without several GPUs."""
+    if visible_devices:
+        gpus = visible_devices.split(",")
+    elif shutil.which("nvidia-smi"):
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+        gpus = [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
+    else:
+        gpus = []
+    return gpus[job_num % len(gpus)] if len(gpus) > 1 else None
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def run(cfg) -> float:
     """One training job; returns the best validation top-1 accuracy for sweepers."""
@@ -79,11 +95,18 @@ def run(cfg) -> float:
         config = validate(cfg)
     except ConfigError as error:
         fail(error)
+    hydra_config = HydraConfig.get()
+    # hydra/launcher=parallel runs jobs in worker processes; the first job a process runs
+    # pins it to one GPU before TensorFlow starts, and later jobs there keep that GPU.
+    if "Joblib" in hydra_config.launcher.get("_target_", "") and "tensorflow" not in sys.modules:
+        gpu = gpu_for_job(hydra_config.job.num, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     from sectrain.train import train  # imports TensorFlow
 
     return train(
         config,
-        run_dir=Path(HydraConfig.get().runtime.output_dir),
+        run_dir=Path(hydra_config.runtime.output_dir),
         resolved_yaml=OmegaConf.to_yaml(cfg, resolve=True),
     )
 

@@ -1,0 +1,46 @@
+"""Sweeps in separate processes (joblib launcher) and hyper-parameter search (Optuna)."""
+
+import json
+
+import yaml
+
+from sectrain.cli import gpu_for_job
+from tests.test_cli import sectrain
+
+
+def test_parallel_launcher_runs_each_job_in_its_own_process(tmp_path):
+    result = sectrain(
+        "-m",
+        "hydra/launcher=parallel",
+        "model.attention.ratio=4,16",
+        "trainer.epochs=1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    summaries = [json.loads((tmp_path / job / "summary.json").read_text()) for job in ("0", "1")]
+    assert sorted(s["attention"]["ratio"] for s in summaries) == [4, 16]
+    assert all(s["status"] == "completed" for s in summaries)
+
+
+def test_optuna_search_tunes_lr_weight_decay_and_ratio(tmp_path):
+    result = sectrain(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "trainer.epochs=1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    summaries = [json.loads((tmp_path / str(i) / "summary.json").read_text()) for i in range(3)]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "model.attention.ratio",
+    }
+    assert best["best_value"] == max(s["best"]["val_top1"] for s in summaries)
+
+
+def test_parallel_jobs_take_gpus_round_robin():
+    assert [gpu_for_job(n, "0,1,2") for n in range(4)] == ["0", "1", "2", "0"]
+    assert gpu_for_job(3, "5") is None  # one GPU: nothing to share out
