@@ -104,11 +104,14 @@ def run(cfg) -> float:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     from sectrain.train import train  # imports TensorFlow
 
-    return train(
-        config,
-        run_dir=Path(hydra_config.runtime.output_dir),
-        resolved_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-    )
+    try:
+        return train(
+            config,
+            run_dir=Path(hydra_config.runtime.output_dir),
+            resolved_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        )
+    except ConfigError as error:  # found with the data or devices at hand
+        fail(error)
 
 
 def main():

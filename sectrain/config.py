@@ -19,7 +19,7 @@ ATTENTION_KINDS = ("none", "se", "sse", "scse", "eca")  # = the registered layer
 SQUEEZES = ("avg", "max")
 GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
 PLACEMENTS = ("standard", "pre", "post", "identity")
-DATA_SOURCES = ("digits", "tfds")
+DATA_SOURCES = ("digits", "tfds", "folder")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
@@ -55,13 +55,15 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "digits"  # digits (embedded, offline) | tfds (TensorFlow Datasets)
-    name: str = "digits"  # the TFDS name when source=tfds
+    source: str = "digits"  # digits (embedded) | tfds (TensorFlow Datasets) | folder
+    name: str | None = "digits"  # the TFDS name when source=tfds
+    path: str | None = None  # folder: one sub-folder per class (or train/ and val/)
     image_size: int = 32  # images are resized to image_size x image_size
     train_split: str = "train"
     val_split: str = "test"
     val_fraction: float = 0.2  # digits only: stratified validation fraction
     data_dir: str | None = None  # TFDS data directory (null: TFDS default)
+    manual_dir: str | None = None  # TFDS: where manually downloaded archives are
     mean: list[float] | None = None  # per-channel mean in [0, 1]; null: measured
     std: list[float] | None = None  # per-channel std in [0, 1]; null: measured
     cache: bool = True  # cache decoded images in memory (small data sets)
@@ -215,6 +217,10 @@ def _check(c: Config):
 
     d = c.data
     _choice("data.source", d.source, DATA_SOURCES)
+    if d.source == "folder" and not d.path:
+        raise ConfigError("data.path: data=folder needs the folder of images, data.path=/my/images")
+    if d.source == "tfds" and not d.name:
+        raise ConfigError("data.name: data=tfds needs a TensorFlow Datasets name, data.name=NAME")
     _at_least("data.image_size", d.image_size, 8)
     _between("data.val_fraction", d.val_fraction, 0.01, 0.9)
     _at_least("data.augment.pad_crop", d.augment.pad_crop, 0)

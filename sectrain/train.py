@@ -70,7 +70,9 @@ def train(config, run_dir, resolved_yaml="", console=None):
             f"trainer.global_batch_size: larger than the {source.num_train} training "
             f"images. Received: {t.global_batch_size}"
         )
-    train_data, val_data = make_pipelines(source, config.data, t.global_batch_size, t.seed)
+    train_data, val_data, (mean, std) = make_pipelines(
+        source, config.data, t.global_batch_size, t.seed
+    )
     train_iterator = iter(strategy.experimental_distribute_dataset(train_data))
     val_data = strategy.experimental_distribute_dataset(val_data)
 
@@ -159,6 +161,8 @@ def train(config, run_dir, resolved_yaml="", console=None):
         "parameters": {"trainable": trainable, "total": total},
         "flops": flops,
         "image_shape": list(source.image_shape),
+        # what a user of model.keras feeds it: (image / 255 - mean) / std, per channel
+        "normalization": {"mean": mean, "std": std},
         "replicas": replicas,
         "strategy": type(strategy).__name__,
         "precision": t.precision,

@@ -39,7 +39,7 @@ def train_weights(strategy_name, steps, steps_per_call=1, global_batch=16, preci
     keras.utils.set_random_seed(0)
     config = make_config("data.augment.pad_crop=0")
     source = load_source(config.data)
-    data, _ = make_pipelines(source, config.data, global_batch, seed=0)
+    data, *_ = make_pipelines(source, config.data, global_batch, seed=0)
     with strategy.scope():
         model = build_model(
             "cifar_resnet20",

@@ -13,7 +13,9 @@ from tests.helpers import compose_config, make_config
     [f"{group}={option}" for group, options in config_groups().items() for option in options],
 )
 def test_every_shipped_config_option_composes_and_validates(group_option):
-    config = make_config(group_option, "data.image_size=299")  # large enough for every model
+    required = {"data=folder": ["data.path=/images"], "data=tfds": ["data.name=mnist"]}
+    # 299: large enough for every model
+    config = make_config(group_option, "data.image_size=299", *required.get(group_option, []))
     assert config.model.name and config.trainer.epochs >= 1
 
 
@@ -64,6 +66,8 @@ def test_attention_kinds_match_the_registered_layers():
             "wrn has no option 'widht'. Its options: depth",
         ),
         (["model.attention.kernel_size=4"], "model.attention.kernel_size: must be odd"),
+        (["data=folder"], "data.path: data=folder needs the folder of images"),
+        (["data=tfds"], "data.name: data=tfds needs a TensorFlow Datasets name"),
     ],
 )
 def test_invalid_values_are_rejected_with_key_value_and_allowed(overrides, expected):

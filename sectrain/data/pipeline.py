@@ -27,26 +27,43 @@ def to_float(image):
     return tf.image.convert_image_dtype(image, tf.float32)
 
 
+def normalisation(source, data):
+    """The per-channel (mean, std) to normalise with: the config's, else measured."""
+    measured = (None, None)
+    if data.mean is None or data.std is None:
+        measured = channel_stats(source.train, source.image_shape[-1])
+    mean = data.mean if data.mean is not None else measured[0]
+    std = data.std if data.std is not None else measured[1]
+    return list(mean), list(std)
+
+
+def normalise(image, mean, std):
+    """The model's input: (image in [0, 1] - mean) / std, per channel."""
+    return (to_float(image) - np.float32(mean)) / np.float32(std)
+
+
+def eval_pipeline(dataset, mean, std, batch_size, cache=False):
+    """Normalised, batched, prefetched (image, label) pairs in the data set's order."""
+    dataset = dataset.map(lambda image, label: (normalise(image, mean, std), label))
+    if cache:
+        dataset = dataset.cache()
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def make_pipelines(source, data, global_batch_size, seed):
-    """Returns (train, val) batched datasets of normalised float32 images and int labels.
+    """Returns (train, val, (mean, std)): batched datasets of normalised float32 images
+    and int labels, and the per-channel statistics they are normalised with.
 
     The training stream repeats forever, reshuffled each pass; callers take
     `source.num_train // global_batch_size` steps per epoch.
     """
-    channels = source.image_shape[-1]
-    if data.mean is None or data.std is None:
-        mean, std = channel_stats(source.train, channels)
-    mean = np.float32(data.mean if data.mean is not None else mean)
-    std = np.float32(data.std if data.std is not None else std)
-
-    def normalise(image):
-        return (to_float(image) - mean) / std
+    mean, std = normalisation(source, data)
 
     def train_example(index, example):
         image, label = example
         example_seed = tf.stack([tf.cast(seed, tf.int64), index])
         image = augment(to_float(image), example_seed, data.augment.pad_crop, data.augment.flip)
-        return normalise(image), label
+        return normalise(image, mean, std), label
 
     train = source.train.cache() if data.cache else source.train
     train = (
@@ -57,11 +74,8 @@ def make_pipelines(source, data, global_batch_size, seed):
         .batch(global_batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
-    val = source.val.map(lambda image, label: (normalise(image), label))
-    if data.cache:
-        val = val.cache()
-    val = val.batch(global_batch_size).prefetch(tf.data.AUTOTUNE)
+    val = eval_pipeline(source.val, mean, std, global_batch_size, data.cache)
     # Across workers, each keeps its part of every batch: all read the same seeded order.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return train.with_options(options), val.with_options(options)
+    return train.with_options(options), val.with_options(options), (mean, std)

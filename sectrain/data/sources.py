@@ -2,6 +2,7 @@
 float32 in [0, 1], resized to the configured square size."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +25,8 @@ def load_source(data):
     """Returns the `Source` that `data` (a `DataConfig`) describes."""
     if data.source == "digits":
         return load_digits(data.image_size, data.val_fraction)
+    if data.source == "folder":
+        return load_folder(data)
     return load_tfds(data)
 
 
@@ -62,7 +65,8 @@ def load_tfds(data):
             f"data.name: {data.name!r} is not a TensorFlow Datasets name "
             "(see https://www.tensorflow.org/datasets/catalog)"
         ) from None
-    builder.download_and_prepare()
+    manual = tfds.download.DownloadConfig(manual_dir=data.manual_dir) if data.manual_dir else None
+    builder.download_and_prepare(download_config=manual)
     info = builder.info
     if "image" not in info.features or "label" not in info.features:
         raise ConfigError(f"data.name: {data.name!r} has no 'image' and 'label' features")
@@ -95,4 +99,78 @@ def load_tfds(data):
         num_classes=label.num_classes,
         class_names=list(label.names),
         image_shape=size + (info.features["image"].shape[-1],),
+    )
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def decode_image(encoded, size, channels=3):
+    """JPEG/PNG/BMP/GIF bytes (a GIF's first frame) -> uint8 image resized to `size`."""
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    image = tf.image.resize(image, size)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def list_images(root):
+    """Returns (paths, labels, class names) of a folder with one sub-folder per class,
+    the layout of `keras.utils.image_dataset_from_directory`; classes sort by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"data.path: {str(root)!r} is not a folder")
+    class_names = sorted(d.name for d in root.iterdir() if d.is_dir())
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        paths += [str(p) for p in files]
+        labels += [label] * len(files)
+    if len(class_names) < 2 or not paths:
+        raise ConfigError(
+            f"data.path: {str(root)!r} needs one sub-folder of images "
+            f"({', '.join(IMAGE_EXTENSIONS)}) per class, at least two classes. "
+            f"Found {len(class_names)} sub-folders and {len(paths)} images"
+        )
+    return paths, labels, class_names
+
+
+def load_folder(data, split_seed=0):
+    """Images from a folder: `path/train` and `path/val` if both exist, else `path` split
+    by `data.val_fraction` (stratified, fixed). Files are read as the pipeline needs
+    them, so a folder of any size streams."""
+    from sklearn.model_selection import train_test_split
+
+    root = Path(data.path)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train_paths, train_labels, class_names = list_images(root / "train")
+        val_paths, val_labels, val_classes = list_images(root / "val")
+        if val_classes != class_names:
+            raise ConfigError(
+                f"data.path: the classes of {str(root / 'val')!r} ({val_classes}) differ "
+                f"from those of {str(root / 'train')!r} ({class_names})"
+            )
+        order = np.random.default_rng(split_seed).permutation(len(train_paths))
+        train_paths = [train_paths[i] for i in order]
+        train_labels = [train_labels[i] for i in order]
+    else:
+        paths, labels, class_names = list_images(root)
+        train_paths, val_paths, train_labels, val_labels = train_test_split(
+            paths, labels, test_size=data.val_fraction, stratify=labels, random_state=split_seed
+        )
+    size = (data.image_size, data.image_size)
+
+    def read(paths, labels):
+        dataset = tf.data.Dataset.from_tensor_slices((paths, np.int32(labels)))
+        return dataset.map(
+            lambda path, label: (decode_image(tf.io.read_file(path), size), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
+    return Source(
+        train=read(train_paths, train_labels),
+        val=read(val_paths, val_labels),
+        num_train=len(train_paths),
+        num_val=len(val_paths),
+        num_classes=len(class_names),
+        class_names=class_names,
+        image_shape=size + (3,),
     )

@@ -1,0 +1,1 @@
+"""Using a trained model: artifacts (loading a run), evaluate, predict, export."""

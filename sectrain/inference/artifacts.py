@@ -1,0 +1,81 @@
+"""A trained model and what it needs to read images: classes, size, normalisation."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+import yaml
+
+import sectrain.layers.attention  # noqa: F401  (registers sectrain's layers for loading)
+import sectrain.layers.common  # noqa: F401
+from sectrain.data.pipeline import normalise
+from sectrain.data.sources import IMAGE_EXTENSIONS, decode_image
+from sectrain.errors import ConfigError
+
+
+@dataclass
+class TrainedModel:
+    model: keras.Model
+    class_names: list | None  # None: a bare .keras file without its run folder
+    mean: list | None
+    std: list | None
+    overrides: list  # the Hydra overrides the run was started with
+
+    @property
+    def image_shape(self):
+        return tuple(self.model.input_shape[1:])
+
+    def read_images(self, encoded):
+        """Encoded image bytes (a batch) -> the model's normalised inputs."""
+        height, width, channels = self.image_shape
+        return tf.map_fn(
+            lambda e: normalise(decode_image(e, (height, width), channels), self.mean, self.std),
+            encoded,
+            fn_output_signature=tf.float32,
+        )
+
+
+def load_trained(target):
+    """Loads a run folder (its model.keras and summary.json) or a .keras file."""
+    target = Path(target)
+    run_dir = target if target.is_dir() else target.parent
+    model_path = target / "model.keras" if target.is_dir() else target
+    if not model_path.is_file() or model_path.suffix != ".keras":
+        raise ConfigError(
+            f"{str(target)!r} is neither a run folder with model.keras nor a .keras file"
+        )
+    try:
+        model = keras.saving.load_model(model_path)
+    except Exception as error:  # a truncated or foreign file: say which, not how
+        raise ConfigError(f"{str(model_path)!r} could not be loaded: {error}") from None
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    normalization = summary.get("normalization", {})
+    overrides_path = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
+    return TrainedModel(
+        model,
+        summary.get("classes"),
+        normalization.get("mean"),
+        normalization.get("std"),
+        [o for o in overrides or [] if not o.startswith("hydra")],
+    )
+
+
+def image_files(paths):
+    """The image files among `paths`, folders searched recursively, in a stable order."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"{str(path)!r}: no such file or folder")
+    if not files:
+        raise ConfigError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(map(str, paths))}"
+        )
+    return files

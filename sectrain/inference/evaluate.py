@@ -1,0 +1,152 @@
+"""`sectrain-eval`: a trained model on a data split: loss, top-1, top-5, accuracy per
+class and a confusion matrix.
+
+    sectrain-eval RUN_DIR                      # the run's own validation split
+    sectrain-eval RUN_DIR data.path=/other     # the run's config with overrides
+    sectrain-eval model.keras data=cifar10     # a bare .keras file on any data set
+"""
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sectrain.cli import fail
+from sectrain.errors import ConfigError
+
+
+def evaluate(trained, data, split, batch_size=256):
+    """Returns the metrics of `trained` (a `TrainedModel`) on `split` ("val" or "train")
+    of `data` (a `DataConfig`), with the confusion matrix (rows: true classes)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from sectrain.data.pipeline import eval_pipeline, normalisation
+    from sectrain.data.sources import load_source
+
+    source = load_source(data)
+    if source.image_shape != trained.image_shape:
+        raise ConfigError(
+            f"data: images are {source.image_shape}, the model takes {trained.image_shape} "
+            "(set data.image_size, or evaluate the run's own data)"
+        )
+    num_classes = trained.model.output_shape[-1]
+    if source.num_classes != num_classes:
+        raise ConfigError(f"data: {source.num_classes} classes, the model has {num_classes}")
+    mean, std = trained.mean, trained.std
+    if mean is None:  # a bare .keras file: normalise as training did
+        mean, std = normalisation(source, data)
+    dataset = eval_pipeline(source.val if split == "val" else source.train, mean, std, batch_size)
+    logits, labels = [], []
+    for images, batch_labels in dataset:
+        logits.append(trained.model(images, training=False).numpy())
+        labels.append(batch_labels.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    loss = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    ranked = np.argsort(-logits, axis=1)
+    k = min(5, num_classes)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, ranked[:, 0]), 1)
+    class_names = trained.class_names or source.class_names
+    per_class = [
+        {
+            "class": name,
+            "images": int(confusion[i].sum()),
+            "top1": float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None,
+        }
+        for i, name in enumerate(class_names)
+    ]
+    return {
+        "split": split,
+        "images": int(len(labels)),
+        "loss": float(np.mean(loss)),
+        "top1": float(np.mean(ranked[:, 0] == labels)),
+        "top5": float(np.mean((ranked[:, :k] == labels[:, None]).any(axis=1))),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def plot_confusion(metrics, path):
+    """Writes the confusion matrix as a PNG heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    confusion = np.array(metrics["confusion"])
+    names = [row["class"] for row in metrics["per_class"]]
+    size = min(4 + 0.35 * len(names), 20)
+    figure, axes = plt.subplots(figsize=(size, size))
+    image = axes.imshow(confusion, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    if len(names) <= 40:  # beyond that, labels would overlap
+        axes.set_xticks(range(len(names)), names, rotation=90)
+        axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(f"{metrics['split']}: top-1 {metrics['top1']:.2%} of {metrics['images']} images")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="sectrain-eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("target", help="a run folder or a .keras file")
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for sectrain")
+    parser.add_argument("--split", choices=["val", "train"], default="val")
+    parser.add_argument("--output", help="folder for the results (default: RUN/eval)")
+    args = parser.parse_args(argv)
+    target = Path(args.target)
+    output = (
+        Path(args.output)
+        if args.output
+        else (target if target.is_dir() else target.parent) / "eval"
+    )
+    try:
+        from hydra import compose, initialize_config_dir
+
+        from sectrain.cli import CONFIG_DIR, check_overrides
+        from sectrain.config import validate
+        from sectrain.inference.artifacts import load_trained
+
+        trained = load_trained(target)
+        overrides = trained.overrides + args.overrides  # later ones win
+        check_overrides(args.overrides)
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            config = validate(compose("config", overrides=overrides))
+        metrics = evaluate(trained, config.data, args.split)
+    except ConfigError as error:
+        fail(error)
+
+    console = Console()
+    table = Table(title=f"{target} on {config.data.name} {args.split}")
+    for column in ("class", "images", "top-1"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in metrics["per_class"]:
+        accuracy = "-" if row["top1"] is None else f"{row['top1']:.2%}"
+        table.add_row(row["class"], f"{row['images']:,}", accuracy)
+    console.print(table)
+    console.print(
+        f"loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  "
+        f"({metrics['images']:,} images)",
+        highlight=False,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"eval_{args.split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with (output / f"per_class_{args.split}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "images", "top1"])
+        writer.writeheader()
+        writer.writerows(metrics["per_class"])
+    plot_confusion(metrics, output / f"confusion_{args.split}.png")
+    console.print(f"results in {output}", highlight=False)
+    return 0

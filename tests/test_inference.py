@@ -1,0 +1,165 @@
+"""Own images end to end through the commands: train on a folder, evaluate, predict, export."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from sectrain.config import DataConfig
+from sectrain.data.sources import load_folder
+from tests.test_cli import sectrain
+
+CLASSES = ("0", "1", "2")
+FORMATS = ("png", "jpeg", "png", "bmp", "gif")  # every reader, PNG most often
+
+
+def write_digit_folder(root, per_class=40):
+    """Real digits as 32x32 RGB image files, one sub-folder per class, mixed formats."""
+    digits = load_digits()
+    for name in CLASSES:
+        (root / name).mkdir(parents=True)
+        images = digits.images[digits.target == int(name)][:per_class]
+        for i, image in enumerate(images):
+            pixels = np.uint8(image / 16 * 255)
+            picture = Image.fromarray(pixels).resize((32, 32)).convert("RGB")
+            picture.save(root / name / f"{i}.{FORMATS[i % len(FORMATS)]}")
+    return root
+
+
+def command(name, *args):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; from sectrain.inference.{name} import main; sys.exit(main())",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    images = write_digit_folder(tmp_path_factory.mktemp("images"))
+    run_dir = tmp_path_factory.mktemp("run")
+    result = sectrain(
+        "data=folder",
+        f"data.path={images}",
+        "trainer.epochs=12",
+        "trainer.global_batch_size=16",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr
+    return images, run_dir
+
+
+def test_training_on_a_folder_records_its_classes(trained_run):
+    _, run_dir = trained_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["classes"] == list(CLASSES)
+    assert summary["image_shape"] == [32, 32, 3] and len(summary["normalization"]["mean"]) == 3
+    assert summary["final"]["val_top1"] > 0.5  # three well-separated digits
+
+
+def test_train_and_val_subfolders_are_used_as_given(tmp_path):
+    write_digit_folder(tmp_path / "train", per_class=10)
+    write_digit_folder(tmp_path / "val", per_class=4)
+    source = load_folder(DataConfig(source="folder", path=str(tmp_path)))
+    assert (source.num_train, source.num_val, source.class_names) == (30, 12, list(CLASSES))
+
+
+def test_eval_reports_metrics_per_class_and_a_confusion_matrix(trained_run):
+    _, run_dir = trained_run
+    result = command("evaluate", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "eval" / "eval_val.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert metrics["images"] == 24 and [r["class"] for r in metrics["per_class"]] == list(CLASSES)
+    assert metrics["top1"] == pytest.approx(summary["final"]["val_top1"], abs=1e-6)
+    assert np.array(metrics["confusion"]).sum() == 24
+    png = (run_dir / "eval" / "confusion_val.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert "top-1" in result.stdout
+
+
+def test_predict_prints_and_writes_top_k_for_a_folder(trained_run):
+    images, run_dir = trained_run
+    result = command("predict", str(run_dir), str(images / "2"), "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((run_dir / "predictions" / "predictions.json").read_text())
+    assert len(rows) == 40 and all(len(r["top"]) == 2 for r in rows)
+    assert sum(r["top"][0][0] == "2" for r in rows) > 20
+    assert all(r["top"][0][1] >= r["top"][1][1] for r in rows)
+    csv_lines = (run_dir / "predictions" / "predictions.csv").read_text().splitlines()
+    assert (
+        csv_lines[0] == "file,class_1,probability_1,class_2,probability_2" and len(csv_lines) == 41
+    )
+
+
+SERVE = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+files = sys.argv[3:]
+encoded = tf.constant([open(f, "rb").read() for f in files])
+by_bytes = model.signatures["serving_default"](image_bytes=encoded)
+pixels = tf.stack([tf.io.decode_image(e, channels=3, expand_animations=False) for e in encoded])
+by_pixels = model.signatures["predict_images"](images=tf.cast(pixels, tf.float32) / 255.0)
+np.savez(
+    sys.argv[2],
+    bytes=by_bytes["probabilities"].numpy(),
+    pixels=by_pixels["probabilities"].numpy(),
+    names=by_bytes["class_name"].numpy().astype(str),
+)
+assert not [m for m in sys.modules if m.startswith("sectrain")], "sectrain was imported"
+"""
+
+
+def test_exported_savedmodel_serves_the_same_predictions_without_sectrain(trained_run, tmp_path):
+    images, run_dir = trained_run
+    result = command("export", str(run_dir), "--output", str(tmp_path / "saved"))
+    assert result.returncode == 0, result.stderr
+    files = [str(images / name / f"{i}.{FORMATS[i % 5]}") for name in CLASSES for i in (0, 1, 3)]
+    served = subprocess.run(
+        [sys.executable, "-c", SERVE, str(tmp_path / "saved"), str(tmp_path / "out.npz"), *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert served.returncode == 0, served.stderr
+    out = np.load(tmp_path / "out.npz")
+
+    import tensorflow as tf
+
+    from sectrain.inference.artifacts import load_trained
+
+    trained = load_trained(run_dir)
+    inputs = trained.read_images(tf.constant([Path(f).read_bytes() for f in files]))
+    expected = tf.nn.softmax(trained.model(inputs, training=False)).numpy()
+    np.testing.assert_allclose(out["bytes"], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["pixels"], expected, rtol=1e-4, atol=1e-6)
+    assert list(out["names"]) == [CLASSES[i] for i in expected.argmax(1)]
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: None, "is not a folder"),
+        (lambda root: (root / "only").mkdir(parents=True), "at least two classes"),
+    ],
+    ids=["missing", "one_class"],
+)
+def test_bad_image_folders_exit_2_with_a_message(setup, message, tmp_path):
+    root = tmp_path / "images"
+    setup(root)
+    result = sectrain("data=folder", f"data.path={root}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
