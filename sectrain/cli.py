@@ -14,7 +14,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.text import Text
 
@@ -41,6 +40,17 @@ def config_groups():
     return groups
 
 
+def check_writable(key, folder):
+    """Raises ConfigError unless `folder` exists as a writable folder or can be made."""
+    path = Path(folder).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir() or not os.access(path, os.W_OK):
+        raise ConfigError(
+            f"{key}: {str(folder)!r} cannot be written ({str(path)!r} is not a writable folder)"
+        )
+
+
 def check_overrides(args):
     """Checks group choices and keys of command-line overrides against conf/ and the schema.
 
@@ -52,8 +62,11 @@ def check_overrides(args):
     except HydraException as error:
         raise ConfigError(str(error).splitlines()[0]) from None
     groups = config_groups()
+    output_dirs = {"hydra.run.dir": "outputs", "hydra.sweep.dir": "multirun"}  # defaults
     for override in parsed:
         key = override.key_or_group
+        if key in output_dirs:
+            output_dirs[key] = override.get_value_element_as_str()
         if key.startswith("hydra") or override.is_add() or override.is_delete():
             continue
         if key in groups:
@@ -63,6 +76,8 @@ def check_overrides(args):
         else:
             for value in _values(override):
                 check_value(key, value)
+    for key, folder in output_dirs.items():
+        check_writable(key, folder)
 
 
 def _values(override, as_strings=False):
@@ -102,16 +117,17 @@ def run(cfg) -> float:
         gpu = gpu_for_job(hydra_config.job.num, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    from sectrain.train import train  # imports TensorFlow
+    from sectrain.train import RunStopped, train  # imports TensorFlow
 
     try:
-        return train(
-            config,
-            run_dir=Path(hydra_config.runtime.output_dir),
-            resolved_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        )
-    except ConfigError as error:  # found with the data or devices at hand
+        return train(config, run_dir=Path(hydra_config.runtime.output_dir))
+    except ConfigError as error:  # found with the data, devices or folder at hand
         fail(error)
+    except RunStopped as stopped:
+        Console(stderr=True).print(
+            Text.assemble((f"{stopped.status}: ", "bold yellow"), str(stopped))
+        )
+        sys.exit(stopped.exit_code)
 
 
 def main():

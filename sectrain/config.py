@@ -24,6 +24,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+BAD_IMAGES = ("skip", "fail")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class DataConfig:
     mean: list[float] | None = None  # per-channel mean in [0, 1]; null: measured
     std: list[float] | None = None  # per-channel std in [0, 1]; null: measured
     cache: bool = True  # cache decoded images in memory (small data sets)
+    bad_images: str = "skip"  # folder: skip (with a warning and a count) | fail
     shuffle_buffer: int = 10_000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -108,6 +110,10 @@ class TrainerConfig:
     steps_per_call: int = 1  # training steps per tf.function call
     jit_compile: bool | None = None  # XLA; null: on with a GPU, off on CPU
     save_model: bool = True  # write model.keras at the end
+    checkpoint_every_epochs: int = 1  # checkpoint at the end of every N-th epoch (and the last)
+    checkpoint_every_steps: int = 0  # also checkpoint every N steps; 0: at epoch ends only
+    deterministic: bool = False  # TensorFlow op determinism: same seed, same bits
+    fresh_start: bool = False  # the run dir holds another run: set it aside, start anew
 
 
 @dataclass
@@ -225,6 +231,7 @@ def _check(c: Config):
     _between("data.val_fraction", d.val_fraction, 0.01, 0.9)
     _at_least("data.augment.pad_crop", d.augment.pad_crop, 0)
     _at_least("data.shuffle_buffer", d.shuffle_buffer, 1)
+    _choice("data.bad_images", d.bad_images, BAD_IMAGES)
     for key, values in (("data.mean", d.mean), ("data.std", d.std)):
         if values is not None and not values:
             raise ConfigError(f"{key}: give one value per channel, or null to measure it")
@@ -234,8 +241,8 @@ def _check(c: Config):
 
     o = c.optimizer
     _choice("optimizer.name", o.name, OPTIMIZERS)
-    if o.lr <= 0:
-        raise ConfigError(f"optimizer.lr: must be positive. Received: {o.lr}")
+    if not 0 < o.lr <= 100:
+        raise ConfigError(f"optimizer.lr: must be in (0, 100]. Received: {o.lr}")
     _between("optimizer.momentum", o.momentum, 0.0, 0.999)
     _at_least("optimizer.weight_decay", o.weight_decay, 0.0)
     _at_least("optimizer.base_batch_size", o.base_batch_size, 1)
@@ -253,6 +260,8 @@ def _check(c: Config):
     _at_least("trainer.epochs", t.epochs, 1)
     _at_least("trainer.global_batch_size", t.global_batch_size, 1)
     _at_least("trainer.steps_per_call", t.steps_per_call, 1)
+    _at_least("trainer.checkpoint_every_steps", t.checkpoint_every_steps, 0)
+    _at_least("trainer.checkpoint_every_epochs", t.checkpoint_every_epochs, 1)
     _choice("trainer.strategy", t.strategy, STRATEGIES)
     _choice("trainer.precision", t.precision, PRECISIONS)
     if s.warmup_epochs >= t.epochs:

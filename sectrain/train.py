@@ -1,9 +1,11 @@
 """One training run: config -> data -> model -> loop -> run folder."""
 
 import logging
+import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import tempfile
 import time
@@ -13,14 +15,16 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+from omegaconf import OmegaConf
 
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
 from sectrain.loggers.console import ConsoleLogger
-from sectrain.loggers.files import FileLogger, write_json
+from sectrain.loggers.files import FileLogger, prepare_run_dir, write_json
 from sectrain.models import build_model
 from sectrain.models.profile import count_flops, count_parameters
+from sectrain.training.checkpoint import restore_latest, stop_requests
 from sectrain.training.loop import TrainingLoop
 from sectrain.training.optim import l2_decay_rate, make_optimizer, make_schedule
 from sectrain.training.strategy import is_chief, make_strategy, worker_name
@@ -29,33 +33,53 @@ log = logging.getLogger("sectrain")
 # Raised by TensorFlow itself when a distributed data set is iterated inside tf.function.
 warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
 
+EXIT_DIVERGED = 3
 
-def train(config, run_dir, resolved_yaml="", console=None):
+
+class RunStopped(Exception):
+    """Training ended before its last step. `status` ("interrupted" or "diverged") is
+    also written to summary.json; `exit_code` is the status the command exits with."""
+
+    def __init__(self, status, message, exit_code):
+        super().__init__(message)
+        self.status = status
+        self.exit_code = exit_code
+
+
+def train(config, run_dir, console=None):
     """Trains `config` (a validated `sectrain.config.Config`), writing into `run_dir`.
 
-    Re-running into a run dir that holds checkpoints resumes from the last one. With
-    several workers, only the chief writes the run folder; every worker resumes from the
-    chief's checkpoints (`run_dir` must then be on a file system they share).
+    Re-running into a run dir that holds checkpoints resumes from the last one: model,
+    optimizer state, step (and so learning rate and epoch), the position in the data
+    stream and the running metrics of the epoch. With several workers, only the chief
+    writes the run folder; every worker resumes from the chief's checkpoints (`run_dir`
+    must then be on a file system they share).
 
     Returns:
         The best validation top-1 accuracy, the value a Hydra sweeper optimises.
+
+    Raises:
+        ConfigError: the config cannot run with this data, these devices or this folder.
+        RunStopped: SIGTERM or SIGINT (after saving a checkpoint), or a non-finite loss.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
     t = config.trainer
+    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(config))
 
     keras.backend.clear_session()  # sweeps run several jobs in one process
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(t.strategy)  # multi-worker: before any other TensorFlow op
     keras.utils.set_random_seed(t.seed)
     keras.mixed_precision.set_dtype_policy(t.precision)
     chief = is_chief(strategy)
+    if chief:
+        prepare_run_dir(run_dir, config_yaml, t.fresh_start)
     # Every worker saves checkpoints (saving may need all of them); only the chief's stay.
     save_dir = (
         run_dir if chief else Path(tempfile.mkdtemp(prefix=f"sectrain-{worker_name(strategy)}-"))
     )
-    if chief:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(resolved_yaml)
     replicas = strategy.num_replicas_in_sync
     if t.global_batch_size % replicas:
         raise ConfigError(
@@ -70,11 +94,7 @@ def train(config, run_dir, resolved_yaml="", console=None):
             f"trainer.global_batch_size: larger than the {source.num_train} training "
             f"images. Received: {t.global_batch_size}"
         )
-    train_data, val_data, (mean, std) = make_pipelines(
-        source, config.data, t.global_batch_size, t.seed
-    )
-    train_iterator = iter(strategy.experimental_distribute_dataset(train_data))
-    val_data = strategy.experimental_distribute_dataset(val_data)
+    total_steps = t.epochs * steps_per_epoch
 
     attention = asdict(config.model.attention)
     with strategy.scope():
@@ -93,20 +113,32 @@ def train(config, run_dir, resolved_yaml="", console=None):
         schedule = make_schedule(config.schedule, peak_lr, steps_per_epoch, t.epochs)
         optimizer = make_optimizer(config.optimizer, schedule, t.precision)
         optimizer.build(model.trainable_variables)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     jit = bool(tf.config.list_logical_devices("GPU")) if t.jit_compile is None else t.jit_compile
     loop = TrainingLoop(
         strategy, model, optimizer, t.global_batch_size, l2_decay_rate(config.optimizer), jit
     )
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, train_metrics=loop.metric_variables("train")
+    )
     manager = tf.train.CheckpointManager(checkpoint, save_dir / "checkpoints", max_to_keep=2)
-    latest = tf.train.latest_checkpoint(run_dir / "checkpoints")  # the chief's
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        log.info("resumed from %s at epoch %d", latest, int(epoch_var.numpy()))
-    files = FileLogger(run_dir, tensorboard=config.logger.tensorboard) if chief else None
+    resumed = restore_latest(checkpoint, run_dir / "checkpoints")  # the chief's
+    step = int(optimizer.iterations.numpy())
+    if resumed:
+        log.info(
+            "resumed from %s at step %d (epoch %d)", resumed, step, step // steps_per_epoch + 1
+        )
 
+    # The stream of training examples is a function of the seed: resuming skips what the
+    # restored step has consumed, so the run continues with the very same batches.
+    train_data, val_data, (mean, std) = make_pipelines(
+        source, config.data, t.global_batch_size, t.seed, skip=step * t.global_batch_size
+    )
+    train_iterator = iter(strategy.experimental_distribute_dataset(train_data))
+    val_data = strategy.experimental_distribute_dataset(val_data)
+
+    files = FileLogger(run_dir, tensorboard=config.logger.tensorboard) if chief else None
+    rows = files.restart_after(step // steps_per_epoch) if files else []
     trainable, total = count_parameters(model)
     flops = count_flops(model)
     height, width, _ = source.image_shape
@@ -114,50 +146,21 @@ def train(config, run_dir, resolved_yaml="", console=None):
         config.logger.print_config, config.logger.progress, console, quiet=not chief
     )
     console.start(
-        resolved_yaml,
+        config_yaml,
         f"[bold]{model.name}[/] attention={config.model.attention.kind}: "
         f"{trainable:,} trainable / {total:,} total parameters, "
         f"{flops / 1e6:,.1f} MFLOPs per {height}x{width} image; "
         f"{source.num_train:,} train / {source.num_val:,} val images, "
         f"{replicas} replica(s), {t.precision}",
     )
-
-    rows = files.restart_after(int(epoch_var.numpy())) if files else []
-    for epoch in range(int(epoch_var.numpy()) + 1, t.epochs + 1):
-        epoch_started = time.perf_counter()
-        train_metrics, images_per_sec = _train_epoch(
-            loop, train_iterator, steps_per_epoch, t, epoch, console
-        )
-        row = {
-            "epoch": epoch,
-            **{f"train_{k}": v for k, v in train_metrics.items()},
-            **{f"val_{k}": v for k, v in loop.evaluate(val_data).items()},
-            "lr": float(optimizer.learning_rate),
-            "images_per_sec": images_per_sec,
-            "seconds": time.perf_counter() - epoch_started,
-        }
-        rows.append(row)
-        if files:
-            files.log_epoch(row)
-        console.epoch_end(row)
-        epoch_var.assign(epoch)
-        manager.save(checkpoint_number=epoch)
-    if not chief:
-        shutil.rmtree(save_dir, ignore_errors=True)
-        return max(r["val_top1"] for r in rows) if rows else 0.0
-    files.close()
-
-    if t.save_model:
-        _save_model(model, run_dir / "model.keras")
-    best = max(rows, key=lambda r: r["val_top1"])
-    throughputs = [r["images_per_sec"] for r in rows]
     summary = {
-        "status": "completed",
+        "status": "running",
         "model": config.model.name,
         "attention": attention,
         "data": config.data.name,
         "classes": source.class_names,
         "epochs": t.epochs,
+        "steps_per_epoch": steps_per_epoch,
         "parameters": {"trainable": trainable, "total": total},
         "flops": flops,
         "image_shape": list(source.image_shape),
@@ -166,44 +169,105 @@ def train(config, run_dir, resolved_yaml="", console=None):
         "replicas": replicas,
         "strategy": type(strategy).__name__,
         "precision": t.precision,
-        "best": best,
-        "final": rows[-1],
-        # the first epoch includes tracing and compilation: leave it out when there are more
-        "images_per_sec": statistics.median(throughputs[1:] or throughputs),
-        "wall_seconds": time.perf_counter() - started,
         "versions": {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
     }
-    write_json(run_dir / "summary.json", summary)
+
+    def finish(status, message=None):
+        summary.update(status=status, step=step, wall_seconds=time.perf_counter() - started)
+        if message:
+            summary["message"] = message
+        if rows:
+            throughputs = [r["images_per_sec"] for r in rows]
+            summary.update(
+                best=max(rows, key=lambda r: r["val_top1"]),
+                final=rows[-1],
+                # the first epoch includes tracing and compilation: leave it out if possible
+                images_per_sec=statistics.median(throughputs[1:] or throughputs),
+            )
+        if chief:
+            write_json(run_dir / "summary.json", summary)
+
+    with stop_requests() as stop:
+        try:
+            while step < total_steps:
+                epoch = step // steps_per_epoch + 1
+                if step % steps_per_epoch == 0:  # else resumed mid-epoch: metrics restored
+                    loop.reset("train")
+                epoch_started = time.perf_counter()
+                first_step = step
+                with console.epoch_progress(epoch, t.epochs, steps_per_epoch) as update:
+                    while step < epoch * steps_per_epoch:
+                        steps = min(t.steps_per_call, epoch * steps_per_epoch - step)
+                        if t.checkpoint_every_steps:  # land on each checkpoint step
+                            steps = min(
+                                steps, t.checkpoint_every_steps - step % t.checkpoint_every_steps
+                            )
+                        loop.train_steps(train_iterator, tf.constant(steps))
+                        step += steps
+                        metrics = loop.results("train")
+                        if not math.isfinite(metrics["loss"]):
+                            raise RunStopped(
+                                "diverged",
+                                f"the training loss became {metrics['loss']} by step {step} "
+                                f"(epoch {epoch}); the last good checkpoint is kept. "
+                                "Lower optimizer.lr or add schedule.warmup_epochs",
+                                EXIT_DIVERGED,
+                            )
+                        if "signal" in stop:
+                            manager.save(checkpoint_number=step)
+                            name = signal.Signals(stop["signal"]).name
+                            raise RunStopped(
+                                "interrupted",
+                                f"stopped by {name} at step {step} (epoch {epoch}); a checkpoint "
+                                "is saved and the same command resumes from it",
+                                128 + stop["signal"],
+                            )
+                        if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
+                            manager.save(checkpoint_number=step)
+                        elapsed = time.perf_counter() - epoch_started
+                        update(
+                            step - (epoch - 1) * steps_per_epoch,
+                            f"loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2%}  "
+                            f"lr {float(optimizer.learning_rate):.4g}  "
+                            f"{(step - first_step) * t.global_batch_size / elapsed:,.0f} img/s",
+                        )
+                train_seconds = time.perf_counter() - epoch_started
+                row = {
+                    "epoch": epoch,
+                    **{f"train_{k}": v for k, v in loop.results("train").items()},
+                    **{f"val_{k}": v for k, v in loop.evaluate(val_data).items()},
+                    "lr": float(optimizer.learning_rate),
+                    "images_per_sec": (step - first_step) * t.global_batch_size / train_seconds,
+                    "seconds": time.perf_counter() - epoch_started,
+                }
+                rows.append(row)
+                if files:
+                    files.log_epoch(row)
+                console.epoch_end(row)
+                if epoch % t.checkpoint_every_epochs == 0 or step == total_steps:
+                    manager.save(checkpoint_number=step)
+        except RunStopped as stopped:
+            finish(stopped.status, str(stopped))
+            raise
+        finally:
+            if files:
+                files.close()
+            if not chief:
+                shutil.rmtree(save_dir, ignore_errors=True)
+
+    if chief and t.save_model:
+        _save_model(model, run_dir / "model.keras")
+    finish("completed")
+    best = summary.get("best", {"val_top1": 0.0, "epoch": 0})
     console.end(
         f"best val top-1 {best['val_top1']:.2%} at epoch {best['epoch']}; "
-        f"final {rows[-1]['val_top1']:.2%}; {summary['wall_seconds']:.0f} s. Run folder: {run_dir}"
+        f"{summary['wall_seconds']:.0f} s. Run folder: {run_dir}"
     )
     return best["val_top1"]
-
-
-def _train_epoch(loop, iterator, steps_per_epoch, trainer, epoch, console):
-    """Trains one epoch; returns its train metrics and images per second."""
-    loop.reset("train")
-    started = time.perf_counter()
-    done = 0
-    with console.epoch_progress(epoch, trainer.epochs, steps_per_epoch) as update:
-        while done < steps_per_epoch:
-            steps = min(trainer.steps_per_call, steps_per_epoch - done)
-            loop.train_steps(iterator, tf.constant(steps))
-            done += steps
-            metrics = loop.results("train")
-            rate = done * trainer.global_batch_size / (time.perf_counter() - started)
-            update(
-                done,
-                f"loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2%}  "
-                f"lr {float(loop.optimizer.learning_rate):.4g}  {rate:,.0f} img/s",
-            )
-    images_per_sec = done * trainer.global_batch_size / (time.perf_counter() - started)
-    return loop.results("train"), images_per_sec
 
 
 def _save_model(model, path):

@@ -22,7 +22,9 @@ def imported_tensorflow(result):
 def test_help_lists_groups_and_keys_without_importing_tensorflow():
     result = sectrain("--help", importtime=True)
     assert result.returncode == 0
-    assert "model: " in result.stdout and "model/attention: none, se" in result.stdout
+    assert (
+        "model: " in result.stdout and "model/attention: eca, none, scse, se, sse" in result.stdout
+    )
     assert "global_batch_size" in result.stdout
     assert not imported_tensorflow(result)
 

@@ -50,12 +50,13 @@ def eval_pipeline(dataset, mean, std, batch_size, cache=False):
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def make_pipelines(source, data, global_batch_size, seed):
+def make_pipelines(source, data, global_batch_size, seed, skip=0):
     """Returns (train, val, (mean, std)): batched datasets of normalised float32 images
     and int labels, and the per-channel statistics they are normalised with.
 
-    The training stream repeats forever, reshuffled each pass; callers take
-    `source.num_train // global_batch_size` steps per epoch.
+    The training stream repeats forever, reshuffled each pass, the same for the same
+    seed; `skip` examples of it are left out (those a resumed run has trained on).
+    Callers take `source.num_train // global_batch_size` steps per epoch.
     """
     mean, std = normalisation(source, data)
 
@@ -69,7 +70,8 @@ def make_pipelines(source, data, global_batch_size, seed):
     train = (
         train.shuffle(min(data.shuffle_buffer, source.num_train), seed=seed)
         .repeat()
-        .enumerate()
+        .skip(skip)
+        .enumerate(start=skip)
         .map(train_example, num_parallel_calls=tf.data.AUTOTUNE)
         .batch(global_batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)

@@ -1,6 +1,7 @@
 """Where images come from. A source yields (image, label) pairs, images as uint8 or as
 float32 in [0, 1], resized to the configured square size."""
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from sectrain.errors import ConfigError
+
+log = logging.getLogger("sectrain")
 
 
 @dataclass
@@ -112,9 +115,22 @@ def decode_image(encoded, size, channels=3):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def list_images(root):
+# The first bytes of each readable format
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def looks_like_image(path):
+    with open(path, "rb") as f:
+        return f.read(8).startswith(IMAGE_SIGNATURES)
+
+
+def list_images(root, bad_images="skip"):
     """Returns (paths, labels, class names) of a folder with one sub-folder per class,
-    the layout of `keras.utils.image_dataset_from_directory`; classes sort by name."""
+    the layout of `keras.utils.image_dataset_from_directory`; classes sort by name.
+
+    Files with an image name but not an image's first bytes are skipped with a warning
+    (`bad_images="skip"`) or stop the run (`"fail"`).
+    """
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"data.path: {str(root)!r} is not a folder")
@@ -124,6 +140,18 @@ def list_images(root):
         files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         paths += [str(p) for p in files]
         labels += [label] * len(files)
+    readable = [looks_like_image(p) for p in paths]
+    bad = [p for p, ok in zip(paths, readable) if not ok]
+    if bad:
+        listed = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        if bad_images == "fail":
+            raise ConfigError(
+                f"data.path: {len(bad)} files are not decodable images ({listed}); remove "
+                "them, or set data.bad_images=skip"
+            )
+        log.warning("skipping %d files that are not decodable images: %s", len(bad), listed)
+        paths = [p for p, ok in zip(paths, readable) if ok]
+        labels = [label for label, ok in zip(labels, readable) if ok]
     if len(class_names) < 2 or not paths:
         raise ConfigError(
             f"data.path: {str(root)!r} needs one sub-folder of images "
@@ -141,8 +169,8 @@ def load_folder(data, split_seed=0):
 
     root = Path(data.path)
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train_paths, train_labels, class_names = list_images(root / "train")
-        val_paths, val_labels, val_classes = list_images(root / "val")
+        train_paths, train_labels, class_names = list_images(root / "train", data.bad_images)
+        val_paths, val_labels, val_classes = list_images(root / "val", data.bad_images)
         if val_classes != class_names:
             raise ConfigError(
                 f"data.path: the classes of {str(root / 'val')!r} ({val_classes}) differ "
@@ -152,7 +180,7 @@ def load_folder(data, split_seed=0):
         train_paths = [train_paths[i] for i in order]
         train_labels = [train_labels[i] for i in order]
     else:
-        paths, labels, class_names = list_images(root)
+        paths, labels, class_names = list_images(root, data.bad_images)
         train_paths, val_paths, train_labels, val_labels = train_test_split(
             paths, labels, test_size=data.val_fraction, stratify=labels, random_state=split_seed
         )
@@ -160,10 +188,12 @@ def load_folder(data, split_seed=0):
 
     def read(paths, labels):
         dataset = tf.data.Dataset.from_tensor_slices((paths, np.int32(labels)))
-        return dataset.map(
+        dataset = dataset.map(
             lambda path, label: (decode_image(tf.io.read_file(path), size), label),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+        # a file cut short after its first bytes fails only when decoded
+        return dataset.ignore_errors(log_warning=True) if data.bad_images == "skip" else dataset
 
     return Source(
         train=read(train_paths, train_labels),

@@ -5,7 +5,13 @@ import csv
 import json
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
+
+import yaml
+
+from sectrain.errors import ConfigError
 
 metrics_log = logging.getLogger("sectrain.metrics")  # to the run's log file only
 
@@ -16,6 +22,76 @@ def write_json(path, data):
     partial = path.with_suffix(path.suffix + ".partial")
     partial.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(partial, path)
+
+
+# Keys that may change between a run and its resumption: they change neither the model
+# nor the order of the computation (more epochs, checkpoint frequency, logging, ...).
+RESUMABLE_CHANGES = (
+    "trainer.epochs",
+    "trainer.fresh_start",
+    "trainer.checkpoint_every_steps",
+    "trainer.checkpoint_every_epochs",
+    "trainer.steps_per_call",
+    "trainer.save_model",
+    "logger.",
+)
+
+
+def changed_keys(old_yaml, new_yaml):
+    """The dotted keys whose values differ between two configs (as YAML)."""
+
+    def flat(node, prefix=""):
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        return {
+            k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()
+        }
+
+    old, new = flat(yaml.safe_load(old_yaml) or {}), flat(yaml.safe_load(new_yaml) or {})
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def prepare_run_dir(run_dir, config_yaml, fresh_start=False):
+    """Makes `run_dir` ready for a run of `config_yaml`.
+
+    A run dir that holds checkpoints of the same config resumes. One that holds another
+    config is refused, naming the keys that differ, unless `fresh_start`, which moves
+    the earlier run's files into `previous-<time>/` inside it (nothing is deleted).
+
+    Raises:
+        ConfigError: the folder cannot be written, or holds a run of another config.
+    """
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"hydra.run.dir: {str(run_dir)!r} cannot be written ({error.strerror})"
+        ) from None
+    config_path = run_dir / "config.yaml"
+    has_run = (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists()
+    if has_run and config_path.exists():
+        differ = [
+            k
+            for k in changed_keys(config_path.read_text(), config_yaml)
+            if not k.startswith(RESUMABLE_CHANGES)
+        ]
+        if fresh_start:
+            aside = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
+            aside.mkdir()
+            for path in list(run_dir.iterdir()):
+                if path != aside and path.name not in (".hydra", "sectrain.log"):
+                    shutil.move(str(path), aside / path.name)
+        elif differ:
+            raise ConfigError(
+                f"hydra.run.dir: {str(run_dir)!r} holds a run of another config "
+                f"({', '.join(differ)} differ). Use another run dir, or "
+                "trainer.fresh_start=true to set that run aside and start anew"
+            )
+    config_path.write_text(config_yaml)
 
 
 class FileLogger:
@@ -35,7 +111,11 @@ class FileLogger:
         rows written after that checkpoint belong to work that is about to be redone."""
         rows = []
         if self.jsonl_path.exists():
-            rows = [json.loads(line) for line in self.jsonl_path.read_text().splitlines()]
+            for line in self.jsonl_path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # the line a kill cut short
+                    break
             rows = [r for r in rows if r["epoch"] <= epoch]
         for path in (self.csv_path, self.jsonl_path):
             path.unlink(missing_ok=True)

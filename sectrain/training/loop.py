@@ -92,5 +92,9 @@ class TrainingLoop:
         for metric in self.metrics[split].values():
             metric.reset_state()
 
+    def metric_variables(self, split):
+        """The running metrics' state, for checkpoints taken mid-epoch."""
+        return [v.value for metric in self.metrics[split].values() for v in metric.variables]
+
     def results(self, split):
         return {name: float(m.result()) for name, m in self.metrics[split].items()}

@@ -1,0 +1,57 @@
+"""Checkpoints and stop requests: what lets a run resume exactly after any stop."""
+
+import signal
+from contextlib import contextmanager
+
+import tensorflow as tf
+
+from sectrain.errors import ConfigError
+
+
+def restore_latest(checkpoint, directory):
+    """Restores the newest checkpoint in `directory`; returns its path, or None.
+
+    TensorFlow writes a checkpoint's files first and names it in the directory's index
+    last, so a save cut short leaves the previous checkpoint as the newest.
+    """
+    latest = tf.train.latest_checkpoint(str(directory))
+    if latest is None:
+        return None
+    try:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    # TensorFlow reports a damaged file in several ways (a truncated one: IndexError)
+    except (tf.errors.OpError, ValueError, AssertionError, IndexError) as error:
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise ConfigError(
+            f"checkpoint {latest} cannot be restored ({first_line}). Delete its files to "
+            "resume from the one before, or set trainer.fresh_start=true to start anew"
+        ) from None
+    return latest
+
+
+@contextmanager
+def stop_requests():
+    """Turns SIGTERM and SIGINT into a request the training loop honours after its
+    current step (it then saves a checkpoint); a second SIGINT stops at once.
+
+    Yields a dict that holds "signal" (the number) once a stop was requested.
+    """
+    requested = {}
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and "signal" in requested:
+            raise KeyboardInterrupt
+        requested["signal"] = signum
+
+    watched = (signal.SIGTERM, signal.SIGINT)
+    try:
+        previous = {s: signal.signal(s, handler) for s in watched}
+    except ValueError:  # not the main thread: nobody to deliver signals to us
+        previous = {}
+    try:
+        yield requested
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)

@@ -1,0 +1,229 @@
+"""Nothing lost: real training processes killed, stopped and diverging, then resumed,
+compared with an uninterrupted run; bad inputs rejected with a message."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.test_cli import sectrain
+from tests.test_inference import write_digit_folder
+
+STEPS_PER_EPOCH = 1437 // 128
+RECIPE = (
+    "trainer.deterministic=true",
+    "trainer.epochs=3",
+    "trainer.global_batch_size=128",
+    "logger.progress=false",
+)
+TIMING = ("images_per_sec", "seconds")
+
+
+def start(run_dir, *overrides):
+    return subprocess.Popen(
+        [sys.executable, "-m", "sectrain.cli", *RECIPE, *overrides, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def checkpoint_steps(run_dir):
+    return sorted(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
+
+
+def wait_for_checkpoint(run_dir, process, at_least):
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if any(step >= at_least for step in checkpoint_steps(run_dir)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step {at_least}: {process.poll()}")
+
+
+def metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def weights(run_dir):
+    import keras
+
+    import sectrain.layers.attention  # noqa: F401
+    import sectrain.layers.common  # noqa: F401
+
+    return [w.numpy() for w in keras.saving.load_model(run_dir / "model.keras").weights]
+
+
+def assert_same_run(run_dir, reference):
+    assert metrics(run_dir) == metrics(reference)  # every epoch exactly once, same values
+    for got, want in zip(weights(run_dir), weights(reference)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted deterministic run, checkpointing every 4 steps."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    assert start(run_dir, "trainer.checkpoint_every_steps=4").wait() == 0
+    return run_dir
+
+
+def test_two_deterministic_runs_are_bit_identical(reference, tmp_path):
+    assert start(tmp_path, "trainer.checkpoint_every_steps=4").wait() == 0
+    assert_same_run(tmp_path, reference)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
+    process = start(tmp_path, "trainer.checkpoint_every_steps=4")
+    wait_for_checkpoint(tmp_path, process, STEPS_PER_EPOCH + 4)  # inside epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "model.keras").exists()
+    assert start(tmp_path, "trainer.checkpoint_every_steps=4").wait() == 0
+    assert_same_run(tmp_path, reference)
+
+
+def test_sigkill_while_saving_every_step_loses_nothing(reference, tmp_path):
+    for kill_after in (3, 14):  # twice, once in each of the first two epochs
+        process = start(tmp_path, "trainer.checkpoint_every_steps=1")
+        wait_for_checkpoint(tmp_path, process, kill_after)
+        process.send_signal(signal.SIGKILL)  # saves take most of each step's time here
+        process.wait()
+    assert start(tmp_path, "trainer.checkpoint_every_steps=1").wait() == 0
+    assert_same_run(tmp_path, reference)
+
+
+def test_sigterm_saves_reports_interrupted_and_resumes(reference, tmp_path):
+    process = start(tmp_path, "trainer.checkpoint_every_steps=4")
+    wait_for_checkpoint(tmp_path, process, 4)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "interrupted: stopped by SIGTERM" in " ".join(stderr.split())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["step"] in checkpoint_steps(tmp_path)
+    assert start(tmp_path, "trainer.checkpoint_every_steps=4").wait() == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    assert_same_run(tmp_path, reference)
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    process = start(
+        tmp_path, "optimizer.lr=100", "schedule=constant", "trainer.checkpoint_every_steps=1"
+    )
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert f"by step {summary['step']}" in " ".join(stderr.split())
+    assert max(checkpoint_steps(tmp_path), default=0) == summary["step"] - 1
+
+
+def test_another_config_is_refused_in_a_run_dir_unless_fresh_start(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    result = sectrain(*RECIPE, "model.attention.ratio=8", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "holds a run of another config (model.attention.ratio differ)" in " ".join(
+        result.stderr.split()
+    )
+    assert metrics(run_dir) == metrics(reference)  # untouched
+    result = sectrain(
+        *RECIPE, "model.attention.ratio=8", "trainer.fresh_start=true", f"hydra.run.dir={run_dir}"
+    )
+    assert result.returncode == 0, result.stderr
+    (aside,) = run_dir.glob("previous-*")
+    assert metrics(aside) == metrics(reference)  # the earlier run is kept, set aside
+
+
+def test_corrupt_checkpoint_is_reported_not_a_traceback(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    (data,) = run_dir.glob(f"checkpoints/ckpt-{3 * STEPS_PER_EPOCH}.data-*")
+    data.write_bytes(data.read_bytes()[:100])
+    result = sectrain(*RECIPE, "trainer.epochs=4", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "cannot be restored" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
+def bad_folder(kind, root):
+    if kind == "empty":
+        root.mkdir()
+    elif kind == "one_class":
+        write_digit_folder(root, per_class=3)
+        for name in ("1", "2"):
+            shutil.rmtree(root / name)
+    elif kind == "not_an_image":
+        write_digit_folder(root, per_class=20)
+        (root / "1" / "notes.png").write_text("not a picture")
+    return root
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["trainer.epochs=0"], "trainer.epochs: must be at least 1. Received: 0"),
+        (["optimizer.lr=-1"], "optimizer.lr: must be in (0, 100]. Received: -1"),
+        (["model=se_inception_v3"], "data.image_size: inception_v3 needs inputs of at least 75"),
+        (["data=folder", "data.path={missing}"], "is not a folder"),
+        (["data=folder", "data.path={empty}"], "at least two classes. Found 0 sub-folders"),
+        (["data=folder", "data.path={one_class}"], "at least two classes. Found 1 sub-folders"),
+        (
+            ["data=folder", "data.path={not_an_image}", "data.bad_images=fail"],
+            "1 files are not decodable images",
+        ),
+        (["hydra.run.dir={a_file}/run"], "cannot be written"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_clear_message(args, message, tmp_path):
+    paths = {
+        "missing": tmp_path / "missing",
+        "a_file": tmp_path / "a_file",
+        **{k: bad_folder(k, tmp_path / k) for k in ("empty", "one_class", "not_an_image")},
+    }
+    (tmp_path / "a_file").write_text("")
+    args = [a.format(**paths) for a in args]
+    run_dir = (
+        []
+        if any(a.startswith("hydra.run.dir") for a in args)
+        else [f"hydra.run.dir={tmp_path}/run"]
+    )
+    result = sectrain(*args, *run_dir)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_undecodable_files_are_skipped_with_a_count_by_default(tmp_path):
+    root = bad_folder("not_an_image", tmp_path / "images")
+    result = sectrain(
+        "data=folder",
+        f"data.path={root}",
+        "trainer.epochs=1",
+        "trainer.global_batch_size=8",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "skipping 1 files that are not decodable images" in " ".join(
+        (result.stdout + result.stderr).split()
+    )
+    assert os.path.exists(tmp_path / "run" / "summary.json")
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    from sectrain.loggers.files import FileLogger
+
+    logger = FileLogger(tmp_path, tensorboard=False)
+    logger.log_epoch({"epoch": 1, "val_top1": 0.5})
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "val_to')
+    assert logger.restart_after(1) == [{"epoch": 1, "val_top1": 0.5}]
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["epoch,val_top1", "1,0.5"]
