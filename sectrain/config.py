@@ -18,7 +18,7 @@ from sectrain.errors import ConfigError, unknown_choice
 ATTENTION_KINDS = ("none", "se", "sse", "scse", "eca")  # = the registered layers (tested)
 SQUEEZES = ("avg", "max")
 GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
-PLACEMENTS = ("standard", "pre", "post", "identity")
+PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")
 DATA_SOURCES = ("digits", "tfds", "folder")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
@@ -35,7 +35,7 @@ class AttentionConfig:
     squeeze: str = "avg"  # avg | max
     gate: str = "sigmoid"  # sigmoid | hard_sigmoid | tanh | relu
     use_bias: bool = True  # biases in the FC layers
-    placement: str = "standard"  # standard | pre | post | identity (paper Figure 5)
+    placement: str = "standard"  # standard | pre | post | identity (Fig. 5) | 3x3 (Table 14)
     stages: list[int] | None = None  # stages with attention (2-5); null: all
     kernel_size: int | None = None  # eca: 1-D kernel across channels; null: adaptive
 

@@ -151,9 +151,10 @@ def up_to_tenth(count):
         ({"stages": [2]}, 25.6),
         ({"stages": [3]}, 25.7),
         ({"stages": [4]}, 26.4),
+        ({"placement": "3x3"}, 25.8),  # Table 14, SE 3x3
     ],
 )
-def test_se_resnet50_ablation_sizes_match_tables_10_and_11(attention, millions):
+def test_se_resnet50_ablation_sizes_match_tables_10_11_and_14(attention, millions):
     model = built("resnet50", {**SE, **attention}, num_classes=1000)
     assert up_to_tenth(count_parameters(model)[0]) == millions
 
@@ -207,6 +208,8 @@ def test_stages_and_placement_select_where_attention_goes():
     post = se_layers(placement="post")
     assert len(post) == 16 and all(layer.name.endswith("_post_se") for layer in post)
     assert len(se_layers("inception_resnet_v2", placement="identity", stages=[5])) == 10
+    on_3x3 = se_layers(placement="3x3")
+    assert len(on_3x3) == 16 and on_3x3[0].input.shape[-1] == 64  # the 3x3's width
 
 
 @pytest.mark.parametrize("kind", ATTENTION_LAYERS.names())

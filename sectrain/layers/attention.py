@@ -161,58 +161,23 @@ class SpatialSqueezeExcite(layers.Layer):
 
 @ATTENTION_LAYERS.register("scse")
 @keras.saving.register_keras_serializable(package="sectrain")
-class ChannelSpatialSqueezeExcite(layers.Layer):
-    """Concurrent spatial and channel SE (scSE): the sum of an SE block's output (cSE)
-    and an sSE block's output on the same input.
+class ChannelSpatialSqueezeExcite(SqueezeExcite):
+    """Concurrent spatial and channel SE (scSE): the sum of the SE block's output (the
+    channel branch, cSE) and an sSE block's output on the same input.
 
-    Args:
-        ratio, min_channels, squeeze, gate, use_bias: those of the `SqueezeExcite`
-            channel branch.
+    Args: those of `SqueezeExcite`, for the channel branch.
     """
 
-    def __init__(
-        self, ratio=16, min_channels=1, squeeze="avg", gate="sigmoid", use_bias=True, **kwargs
-    ):
-        super().__init__(**kwargs)
-        self.ratio = ratio
-        self.min_channels = min_channels
-        self.squeeze = squeeze
-        self.gate = gate
-        self.use_bias = use_bias
-
     def build(self, input_shape):
-        self.channel = SqueezeExcite(
-            self.ratio,
-            self.min_channels,
-            self.squeeze,
-            self.gate,
-            self.use_bias,
-            dtype=self.dtype_policy,
-            name="channel",
-        )
+        super().build(input_shape)
         self.spatial = SpatialSqueezeExcite(dtype=self.dtype_policy, name="spatial")
-        self.channel.build(input_shape)
         self.spatial.build(input_shape)
 
     def call(self, inputs):
-        return self.channel(inputs) + self.spatial(inputs)
+        return super().call(inputs) + self.spatial(inputs)
 
     def count_flops(self, input_shape):
-        return self.channel.count_flops(input_shape) + self.spatial.count_flops(input_shape)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ratio=self.ratio,
-            min_channels=self.min_channels,
-            squeeze=self.squeeze,
-            gate=self.gate,
-            use_bias=self.use_bias,
-        )
-        return config
+        return super().count_flops(input_shape) + self.spatial.count_flops(input_shape)
 
 
 @ATTENTION_LAYERS.register("eca")

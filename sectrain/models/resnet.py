@@ -30,7 +30,9 @@ FIRST_STAGE = 2
 #   pre       on the unit's input, before the residual branch
 #   post      after the addition (and its ReLU in a post-activation unit)
 #   identity  on the shortcut, in parallel with the residual branch
-PLACEMENTS = ("standard", "pre", "post", "identity")
+#   3x3       inside the residual branch, on the output of its (first) 3x3 convolution
+#             ("SE 3x3", Table 14 of the SE paper)
+PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")
 
 
 class _Units:
@@ -164,19 +166,28 @@ def build_resnet(
             if block == "basic":
                 out_channels = width
 
-                def branch(x, width=width, strides=strides, unit_name=unit_name):
+                def branch(x, width=width, strides=strides, unit_name=unit_name, stage=stage):
                     x = units.layer(x, width, 3, strides, f"{unit_name}_1", first=True)
+                    x = units.plan.apply(x, f"{unit_name}_3x3", stage, "3x3")
                     return units.layer(x, width, 3, 1, f"{unit_name}_2", last=True)
 
             else:
                 out_channels = 4 * width
                 inner = int(width * width_per_group / 64) * groups
 
-                def branch(x, inner=inner, out=out_channels, strides=strides, unit_name=unit_name):
+                def branch(
+                    x,
+                    inner=inner,
+                    out=out_channels,
+                    strides=strides,
+                    unit_name=unit_name,
+                    stage=stage,
+                ):
                     first_strides, middle_strides = (1, strides) if stride_on_3x3 else (strides, 1)
                     first_width = int(inner * first_1x1_scale)
                     x = units.layer(x, first_width, 1, first_strides, f"{unit_name}_1", first=True)
                     x = units.layer(x, inner, 3, middle_strides, f"{unit_name}_2", groups=groups)
+                    x = units.plan.apply(x, f"{unit_name}_3x3", stage, "3x3")
                     return units.layer(x, out, 1, 1, f"{unit_name}_3", last=True)
 
             x = units(x, branch, out_channels, strides, stage, unit_name)
