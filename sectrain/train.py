@@ -119,7 +119,11 @@ def train(config, run_dir, console=None):
     )
 
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, train_metrics=loop.metric_variables("train")
+        model=model,
+        optimizer=optimizer,
+        train_metrics=loop.metric_variables("train"),
+        # the state of dropout's random draws, which tf.train.Checkpoint does not track
+        random_state=[v.value for v in model.variables if "seed_generator" in v.path],
     )
     manager = tf.train.CheckpointManager(checkpoint, save_dir / "checkpoints", max_to_keep=2)
     resumed = restore_latest(checkpoint, run_dir / "checkpoints")  # the chief's

@@ -17,6 +17,7 @@ from tests.test_inference import write_digit_folder
 
 STEPS_PER_EPOCH = 1437 // 128
 RECIPE = (
+    "model.dropout=0.2",  # its random draws must resume too
     "trainer.deterministic=true",
     "trainer.epochs=3",
     "trainer.global_batch_size=128",
