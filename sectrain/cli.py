@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -78,6 +79,30 @@ def check_overrides(args):
                 check_value(key, value)
     for key, folder in output_dirs.items():
         check_writable(key, folder)
+    check_sweep(parsed)
+
+
+def check_sweep(parsed):
+    """Validates the config of every value of every swept key (the other keys at their
+    first value), so that a bad value fails the sweep before any job trains."""
+    swept = [o for o in parsed if o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    first = {id(o): (_values(o, as_strings=True) or [None])[0] for o in swept}
+    for override in swept:
+        for value in _values(override, as_strings=True):
+            lines = []
+            for other in parsed:
+                if other.key_or_group.startswith("hydra"):
+                    continue
+                chosen = value if other is override else first.get(id(other))
+                if other.is_sweep_override() and chosen is None:
+                    continue  # an interval for Optuna: nothing to list
+                lines.append(
+                    f"{other.get_key_element()}={chosen}"
+                    if other.is_sweep_override()
+                    else other.input_line
+                )
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                validate(compose("config", overrides=lines))
 
 
 def _values(override, as_strings=False):

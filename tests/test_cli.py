@@ -42,6 +42,7 @@ def test_help_lists_groups_and_keys_without_importing_tensorflow():
             "trainer.global_batch_size: must be at least 1. Received: -4",
         ),
         (["trainer.epocs=3"], "Did you mean 'epochs'?"),
+        # the second job's value fails before the first job trains
         (["-m", "model.attention.ratio=4,0"], "model.attention.ratio: must be at least 1"),
     ],
 )
@@ -78,7 +79,11 @@ def test_one_run_writes_the_whole_run_folder(tmp_path):
 
 def test_sweep_runs_one_job_per_value_each_with_its_folder(tmp_path):
     result = sectrain(
-        "-m", "model.attention.ratio=4,16", "trainer.epochs=1", f"hydra.sweep.dir={tmp_path}"
+        "-m",
+        "model.attention.ratio=4,16",
+        "trainer.epochs=1",
+        "trainer.global_batch_size=256",
+        f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
     summaries = [json.loads((tmp_path / job / "summary.json").read_text()) for job in ("0", "1")]
@@ -86,8 +91,10 @@ def test_sweep_runs_one_job_per_value_each_with_its_folder(tmp_path):
     assert summaries[0]["parameters"]["trainable"] > summaries[1]["parameters"]["trainable"]
 
 
+@pytest.mark.slow
 def test_default_command_reaches_98_percent_on_digits(tmp_path):
-    """The README's first command: SE-ResNet-20 on the embedded digits, 15 epochs."""
+    """The README's first command: SE-ResNet-20 on the embedded digits, 15 epochs
+    (slow: about 90 s on 2 CPU cores)."""
     result = sectrain(f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -95,6 +95,13 @@ def test_command_line_mistakes_are_caught_before_hydra(args, expected):
     assert expected in str(error.value)
 
 
+def test_every_value_of_a_sweep_is_validated_before_any_job_runs():
+    with pytest.raises(ConfigError, match="model.attention.ratio: must be at least 1"):
+        check_overrides(["-m", "model.attention.ratio=4,0", "trainer.seed=0,1"])
+    with pytest.raises(ConfigError, match="inception_v3 needs inputs of at least 75"):
+        check_overrides(["-m", "model=se_resnet20,se_inception_v3"])
+
+
 def test_valid_command_lines_pass_the_override_check():
     check_overrides(["-m", "model=se_resnet20,se_resnet50", "model.attention.ratio=4,16"])
     check_overrides(["hydra.run.dir=/tmp/x", "+extra=1", "trainer.seed=3"])

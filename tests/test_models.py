@@ -15,8 +15,8 @@ from sectrain.models import MODELS, build_model
 from sectrain.models.profile import count_flops, count_parameters
 
 SE = {"kind": "se", "ratio": 16}
-TRAIN_STEP_LIMIT = 30e6  # larger models are built and counted, not trained, in the suite
-SAVE_LIMIT = 12e6  # and only small ones are written to disk and loaded back
+TRAIN_STEP_LIMIT = 15e6  # larger models are built and counted, not trained, in the suite
+SAVE_LIMIT = 5e6  # and only small ones are written to disk and loaded back
 
 
 def small_input(name):

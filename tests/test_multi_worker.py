@@ -67,24 +67,24 @@ def sectrain_workers(run_dir, epochs):
 
 def test_only_the_chief_writes_the_run_folder_and_workers_resume_from_it(tmp_path):
     run_dir = tmp_path / "run"
-    results = sectrain_workers(run_dir, epochs=2)
+    results = sectrain_workers(run_dir, epochs=1)
     for code, _, err in results:
         assert code == 0, err[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["replicas"] == 2  # one CPU replica on each of two workers
     assert summary["strategy"] == "CollectiveAllReduceStrategy"  # MultiWorkerMirroredStrategy
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]  # one writer
-    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert [r["epoch"] for r in rows] == [1]  # one writer
     assert "epoch" in results[0][1] and "epoch" not in results[1][1]  # the worker is quiet
 
-    results = sectrain_workers(run_dir, epochs=3)  # the same command, one epoch more
+    results = sectrain_workers(run_dir, epochs=2)  # the same command, one epoch more
     for code, _, err in results:
         assert code == 0, err[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
     steps_per_epoch = 1437 // 128  # checkpoints are numbered by step
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.index")) == [
+        f"ckpt-{steps_per_epoch}.index",
         f"ckpt-{2 * steps_per_epoch}.index",
-        f"ckpt-{3 * steps_per_epoch}.index",
     ]

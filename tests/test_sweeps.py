@@ -14,6 +14,7 @@ def test_parallel_launcher_runs_each_job_in_its_own_process(tmp_path):
         "hydra/launcher=parallel",
         "model.attention.ratio=4,16",
         "trainer.epochs=1",
+        "trainer.global_batch_size=256",
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
@@ -28,6 +29,7 @@ def test_optuna_search_tunes_lr_weight_decay_and_ratio(tmp_path):
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=3",
         "trainer.epochs=1",
+        "trainer.global_batch_size=256",
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr

@@ -80,14 +80,6 @@ def test_default_recipe_trains_and_writes_the_run_folder(tmp_path, fast_digits):
     assert model.count_params() == 273_183
 
 
-def test_rerun_in_the_same_folder_resumes_from_the_last_checkpoint(tmp_path, fast_digits):
-    train(make_config(*fast_digits, "trainer.epochs=1"), tmp_path)
-    train(make_config(*fast_digits, "trainer.epochs=2"), tmp_path)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
-    assert json.loads((tmp_path / "summary.json").read_text())["final"]["epoch"] == 2
-
-
 def test_se_resnet50_on_cifar10_trains_from_tfds(tmp_path):
     config = make_config(
         "model=se_resnet50", "data=cifar10", "trainer.epochs=1", "trainer.global_batch_size=8"
