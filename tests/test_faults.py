@@ -19,7 +19,7 @@ STEPS_PER_EPOCH = 1437 // 128
 RECIPE = (
     "model.dropout=0.2",  # its random draws must resume too
     "trainer.deterministic=true",
-    "trainer.epochs=3",
+    "trainer.epochs=2",
     "trainer.global_batch_size=128",
     "logger.progress=false",
 )
@@ -94,7 +94,9 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(reference, t
     assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_every_step_loses_nothing(reference, tmp_path):
+    """Slow (about 45 s): three processes, a checkpoint at every step."""
     for kill_after in (3, 14):  # twice, once in each of the first two epochs
         process = start(tmp_path, "trainer.checkpoint_every_steps=1")
         wait_for_checkpoint(tmp_path, process, kill_after)
@@ -149,9 +151,9 @@ def test_another_config_is_refused_in_a_run_dir_unless_fresh_start(reference, tm
 def test_corrupt_checkpoint_is_reported_not_a_traceback(reference, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
-    (data,) = run_dir.glob(f"checkpoints/ckpt-{3 * STEPS_PER_EPOCH}.data-*")
+    (data,) = run_dir.glob(f"checkpoints/ckpt-{2 * STEPS_PER_EPOCH}.data-*")
     data.write_bytes(data.read_bytes()[:100])
-    result = sectrain(*RECIPE, "trainer.epochs=4", f"hydra.run.dir={run_dir}")
+    result = sectrain(*RECIPE, "trainer.epochs=3", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
     assert "cannot be restored" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
