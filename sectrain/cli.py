@@ -68,7 +68,7 @@ def check_overrides(args):
         key = override.key_or_group
         if key in output_dirs:
             output_dirs[key] = override.get_value_element_as_str()
-        if key.startswith("hydra") or override.is_add() or override.is_delete():
+        if key.startswith("hydra") or override.is_delete():
             continue
         if key in groups:
             for option in _values(override, as_strings=True):

@@ -19,7 +19,7 @@ ATTENTION_KINDS = ("none", "se", "sse", "scse", "eca")  # = the registered layer
 SQUEEZES = ("avg", "max")
 GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
 PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")
-DATA_SOURCES = ("digits", "tfds", "folder")
+DATA_SOURCES = ("digits", "tfds", "folder", "synthetic")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
@@ -52,11 +52,22 @@ class ModelConfig:
 class AugmentConfig:
     pad_crop: int = 0  # zero-pad by this many pixels, then random crop back; 0: off
     flip: bool = False  # random horizontal flip
+    # random-size crop (ImageNet recipe): the crop's area as a fraction of the image,
+    # e.g. [0.08, 1.0]; null: off (the whole image is resized)
+    scale: list[float] | None = None
+    aspect_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])  # of those crops
+
+
+@dataclass
+class SyntheticConfig:
+    images: int = 1024  # distinct random images (they repeat)
+    shape: list[int] = field(default_factory=lambda: [375, 500, 3])  # stored size
+    classes: int = 1000
 
 
 @dataclass
 class DataConfig:
-    source: str = "digits"  # digits (embedded) | tfds (TensorFlow Datasets) | folder
+    source: str = "digits"  # digits (embedded) | tfds (TensorFlow Datasets) | folder | synthetic
     name: str | None = "digits"  # the TFDS name when source=tfds
     path: str | None = None  # folder: one sub-folder per class (or train/ and val/)
     image_size: int = 32  # images are resized to image_size x image_size
@@ -70,7 +81,11 @@ class DataConfig:
     cache: bool = True  # cache decoded images in memory (small data sets)
     bad_images: str = "skip"  # folder: skip (with a warning and a count) | fail
     shuffle_buffer: int = 10_000
+    # evaluation sees the central square of eval_crop x the short side, resized to
+    # image_size (0.875: 256 -> 224, the paper's); 1: the whole image, resized
+    eval_crop: float = 1.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # source=synthetic
 
 
 @dataclass
@@ -112,6 +127,7 @@ class TrainerConfig:
     save_model: bool = True  # write model.keras at the end
     checkpoint_every_epochs: int = 1  # checkpoint at the end of every N-th epoch (and the last)
     checkpoint_every_steps: int = 0  # also checkpoint every N steps; 0: at epoch ends only
+    label_smoothing: float = 0.0  # training targets: 1 - eps on the label, eps spread evenly
     deterministic: bool = False  # TensorFlow op determinism: same seed, same bits
     fresh_start: bool = False  # the run dir holds another run: set it aside, start anew
 
@@ -131,6 +147,9 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # the published results these runs reproduce (imagenet | cifar | ablation; set by
+    # conf/experiment): sectrain-report puts the paper's numbers beside them
+    paper: str | None = None
 
 
 # The base of conf/config.yaml: every key exists, with its type, before any YAML is merged.
@@ -209,6 +228,10 @@ def _between(key, value, low, high):
 def _check(c: Config):
     from sectrain.models import MODELS, check_model  # registers names only; no TensorFlow
 
+    if c.paper is not None:
+        from sectrain.reporting.published import PAPER_SETS  # plain data; no TensorFlow
+
+        _choice("paper", c.paper, PAPER_SETS)
     _choice("model.name", c.model.name, MODELS.names())
     a = c.model.attention
     _choice("model.attention.kind", a.kind, ATTENTION_KINDS)
@@ -232,6 +255,21 @@ def _check(c: Config):
     _at_least("data.augment.pad_crop", d.augment.pad_crop, 0)
     _at_least("data.shuffle_buffer", d.shuffle_buffer, 1)
     _choice("data.bad_images", d.bad_images, BAD_IMAGES)
+    _between("data.eval_crop", d.eval_crop, 0.1, 1.0)
+    for key, pair, low, high in (
+        ("data.augment.scale", d.augment.scale, 0.01, 1.0),
+        ("data.augment.aspect_ratio", d.augment.aspect_ratio, 0.1, 10.0),
+    ):
+        if pair is not None and (len(pair) != 2 or not low <= pair[0] <= pair[1] <= high):
+            raise ConfigError(
+                f"{key}: give [low, high] with {low} <= low <= high <= {high}. Received: {pair}"
+            )
+    _at_least("data.synthetic.images", d.synthetic.images, 1)
+    _at_least("data.synthetic.classes", d.synthetic.classes, 2)
+    if len(d.synthetic.shape) != 3 or min(d.synthetic.shape) < 1:
+        raise ConfigError(
+            f"data.synthetic.shape: give [height, width, channels]. Received: {d.synthetic.shape}"
+        )
     for key, values in (("data.mean", d.mean), ("data.std", d.std)):
         if values is not None and not values:
             raise ConfigError(f"{key}: give one value per channel, or null to measure it")
@@ -262,6 +300,7 @@ def _check(c: Config):
     _at_least("trainer.steps_per_call", t.steps_per_call, 1)
     _at_least("trainer.checkpoint_every_steps", t.checkpoint_every_steps, 0)
     _at_least("trainer.checkpoint_every_epochs", t.checkpoint_every_epochs, 1)
+    _between("trainer.label_smoothing", t.label_smoothing, 0.0, 0.99)
     _choice("trainer.strategy", t.strategy, STRATEGIES)
     _choice("trainer.precision", t.precision, PRECISIONS)
     if s.warmup_epochs >= t.epochs:

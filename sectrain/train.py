@@ -115,7 +115,13 @@ def train(config, run_dir, console=None):
         optimizer.build(model.trainable_variables)
     jit = bool(tf.config.list_logical_devices("GPU")) if t.jit_compile is None else t.jit_compile
     loop = TrainingLoop(
-        strategy, model, optimizer, t.global_batch_size, l2_decay_rate(config.optimizer), jit
+        strategy,
+        model,
+        optimizer,
+        t.global_batch_size,
+        l2_decay_rate(config.optimizer),
+        jit,
+        t.label_smoothing,
     )
 
     checkpoint = tf.train.Checkpoint(
@@ -170,6 +176,7 @@ def train(config, run_dir, console=None):
         "image_shape": list(source.image_shape),
         # what a user of model.keras feeds it: (image / 255 - mean) / std, per channel
         "normalization": {"mean": mean, "std": std},
+        "eval_crop": config.data.eval_crop,
         "replicas": replicas,
         "strategy": type(strategy).__name__,
         "precision": t.precision,

@@ -3,6 +3,46 @@ the example in the training stream), so the same run draws the same crops and fl
 
 import tensorflow as tf
 
+from sectrain.data.images import decode_full, to_float
+
+
+def random_size_crop(image, seed, size, scale, aspect_ratio, channels):
+    """The ImageNet recipe's crop: a window of random area (a `scale` fraction of the
+    image) and aspect ratio, resized to `size`. Returns float32 in [0, 1].
+
+    `image` is a decoded image (any size) or encoded bytes; a JPEG is decoded only
+    inside the window, which is what keeps a full-size ImageNet pipeline fast.
+    """
+    encoded = image.dtype == tf.string
+    if encoded:
+        shape = tf.cond(
+            tf.io.is_jpeg(image),
+            lambda: tf.image.extract_jpeg_shape(image),
+            lambda: tf.shape(decode_full(image, channels), out_type=tf.int32),
+        )
+    else:
+        shape = tf.shape(image)
+    begin, window, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.zeros([1, 0, 4]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=aspect_ratio,
+        area_range=scale,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,  # no box given: the whole image is the box
+    )
+    if encoded:
+        crop_window = tf.stack([begin[0], begin[1], window[0], window[1]])
+        image = tf.cond(
+            tf.io.is_jpeg(image),
+            lambda: tf.image.decode_and_crop_jpeg(image, crop_window, channels=channels),
+            lambda: tf.slice(decode_full(image, channels), begin, window),
+        )
+    else:
+        image = tf.slice(image, begin, window)
+    return tf.image.resize(to_float(image), size)
+
 
 def augment(image, seed, pad_crop, flip):
     """Zero-pads by `pad_crop` pixels and crops back at random; flips left-right at random.

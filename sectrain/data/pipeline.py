@@ -3,35 +3,37 @@
 import numpy as np
 import tensorflow as tf
 
-from sectrain.data.augment import augment
+from sectrain.data.augment import augment, random_size_crop
+from sectrain.data.images import decode_image, eval_image, to_float
 
 STATS_SAMPLE = 5000  # images used to measure the per-channel mean and std
+STATS_SIZE = (64, 64)  # encoded images are measured at this size
 
 
-def channel_stats(dataset, channels):
-    """Per-channel mean and std of (up to) the first STATS_SAMPLE images, in [0, 1]."""
-    images = dataset.take(STATS_SAMPLE).map(lambda image, _: to_float(image)).batch(500)
+def channel_stats(source):
+    """Per-channel mean and std of (up to) the first STATS_SAMPLE training images, in [0, 1]."""
+    channels = source.image_shape[-1]
+
+    def pixels(image, _):
+        return to_float(decode_image(image, STATS_SIZE, channels) if source.encoded else image)
+
+    images = source.train.take(STATS_SAMPLE).map(pixels, tf.data.AUTOTUNE).batch(500)
     total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
     for batch in images.as_numpy_iterator():
-        pixels = batch.reshape(-1, channels).astype(np.float64)
-        total += pixels.sum(0)
-        total_sq += (pixels**2).sum(0)
-        count += len(pixels)
+        values = batch.reshape(-1, channels).astype(np.float64)
+        total += values.sum(0)
+        total_sq += (values**2).sum(0)
+        count += len(values)
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return mean.tolist(), std.tolist()
-
-
-def to_float(image):
-    """uint8 images scale to [0, 1]; float images are taken as already in [0, 1]."""
-    return tf.image.convert_image_dtype(image, tf.float32)
 
 
 def normalisation(source, data):
     """The per-channel (mean, std) to normalise with: the config's, else measured."""
     measured = (None, None)
     if data.mean is None or data.std is None:
-        measured = channel_stats(source.train, source.image_shape[-1])
+        measured = channel_stats(source)
     mean = data.mean if data.mean is not None else measured[0]
     std = data.std if data.std is not None else measured[1]
     return list(mean), list(std)
@@ -42,10 +44,19 @@ def normalise(image, mean, std):
     return (to_float(image) - np.float32(mean)) / np.float32(std)
 
 
-def eval_pipeline(dataset, mean, std, batch_size, cache=False):
-    """Normalised, batched, prefetched (image, label) pairs in the data set's order."""
-    dataset = dataset.map(lambda image, label: (normalise(image, mean, std), label))
-    if cache:
+def eval_pipeline(dataset, source, data, mean, std, batch_size):
+    """Normalised, batched, prefetched (image, label) pairs in the data set's order,
+    centre-cropped as `data.eval_crop` says."""
+    height, width, channels = source.image_shape
+
+    def example(image, label):
+        image = eval_image(image, (height, width), channels, data.eval_crop)
+        return normalise(image, mean, std), label
+
+    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    if source.encoded and data.bad_images == "skip":
+        dataset = dataset.ignore_errors(log_warning=True)
+    if data.cache and not source.encoded:
         dataset = dataset.cache()
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -59,11 +70,21 @@ def make_pipelines(source, data, global_batch_size, seed, skip=0):
     Callers take `source.num_train // global_batch_size` steps per epoch.
     """
     mean, std = normalisation(source, data)
+    height, width, channels = source.image_shape
+    a = data.augment
 
     def train_example(index, example):
         image, label = example
-        example_seed = tf.stack([tf.cast(seed, tf.int64), index])
-        image = augment(to_float(image), example_seed, data.augment.pad_crop, data.augment.flip)
+        crop_seed, augment_seed = tf.unstack(
+            tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), index]), 2)
+        )
+        if a.scale is not None:
+            image = random_size_crop(
+                image, crop_seed, (height, width), a.scale, a.aspect_ratio, channels
+            )
+        else:
+            image = eval_image(image, (height, width), channels, crop=1.0)
+        image = augment(image, augment_seed, a.pad_crop, a.flip)
         return normalise(image, mean, std), label
 
     train = source.train.cache() if data.cache else source.train
@@ -73,10 +94,11 @@ def make_pipelines(source, data, global_batch_size, seed, skip=0):
         .skip(skip)
         .enumerate(start=skip)
         .map(train_example, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(global_batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
     )
-    val = eval_pipeline(source.val, mean, std, global_batch_size, data.cache)
+    if source.encoded and data.bad_images == "skip":
+        train = train.ignore_errors(log_warning=True)  # a file cut short fails only here
+    train = train.batch(global_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    val = eval_pipeline(source.val, source, data, mean, std, global_batch_size)
     # Across workers, each keeps its part of every batch: all read the same seeded order.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -1,5 +1,6 @@
-"""Where images come from. A source yields (image, label) pairs, images as uint8 or as
-float32 in [0, 1], resized to the configured square size."""
+"""Where images come from. A source yields (image, label) pairs: images as uint8 or as
+float32 in [0, 1] resized to the configured square size, or, where the recipe crops
+from the full image (random-size crops, centre-crop evaluation), as encoded bytes."""
 
 import logging
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from sectrain.data.images import decode_image
 from sectrain.errors import ConfigError
 
 log = logging.getLogger("sectrain")
@@ -21,7 +23,13 @@ class Source:
     num_val: int
     num_classes: int
     class_names: list
-    image_shape: tuple  # (height, width, channels)
+    image_shape: tuple  # (height, width, channels) of the model's input
+    encoded: bool = False  # images are encoded bytes at their own size
+
+
+def wants_full_images(data):
+    """Whether the recipe crops from the full-size image rather than a resized one."""
+    return data.augment.scale is not None or data.eval_crop < 1.0
 
 
 def load_source(data):
@@ -30,6 +38,8 @@ def load_source(data):
         return load_digits(data.image_size, data.val_fraction)
     if data.source == "folder":
         return load_folder(data)
+    if data.source == "synthetic":
+        return load_synthetic(data)
     return load_tfds(data)
 
 
@@ -74,17 +84,22 @@ def load_tfds(data):
     if "image" not in info.features or "label" not in info.features:
         raise ConfigError(f"data.name: {data.name!r} has no 'image' and 'label' features")
     size = (data.image_size, data.image_size)
+    encoded = wants_full_images(data)
 
     def split(name):
+        # full-size recipes decode in the pipeline, where a JPEG decodes only its crop
+        decoders = {"image": tfds.decode.SkipDecoding()} if encoded else None
         try:
-            dataset = builder.as_dataset(split=name, as_supervised=True)
+            dataset = builder.as_dataset(split=name, as_supervised=True, decoders=decoders)
         except ValueError as error:  # TFDS names the splits there are
             raise ConfigError(f"data split {name!r} of {data.name!r}: {error}") from None
         count = int(dataset.cardinality())  # TFDS data sets know their size
         resize = info.features["image"].shape[:2] != size
+        if encoded or not resize:
+            return dataset, count
         dataset = dataset.map(
             lambda image, label: (
-                tf.cast(tf.image.resize(image, size), tf.uint8) if resize else image,
+                tf.cast(tf.image.resize(image, size), tf.uint8),
                 label,
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -102,17 +117,11 @@ def load_tfds(data):
         num_classes=label.num_classes,
         class_names=list(label.names),
         image_shape=size + (info.features["image"].shape[-1],),
+        encoded=encoded,
     )
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
-def decode_image(encoded, size, channels=3):
-    """JPEG/PNG/BMP/GIF bytes (a GIF's first frame) -> uint8 image resized to `size`."""
-    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-    image = tf.image.resize(image, size)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 # The first bytes of each readable format
@@ -185,13 +194,19 @@ def load_folder(data, split_seed=0):
             paths, labels, test_size=data.val_fraction, stratify=labels, random_state=split_seed
         )
     size = (data.image_size, data.image_size)
+    encoded = wants_full_images(data)
 
     def read(paths, labels):
         dataset = tf.data.Dataset.from_tensor_slices((paths, np.int32(labels)))
         dataset = dataset.map(
-            lambda path, label: (decode_image(tf.io.read_file(path), size), label),
+            lambda path, label: (
+                tf.io.read_file(path) if encoded else decode_image(tf.io.read_file(path), size),
+                label,
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+        if encoded:  # decoded, and its errors met, in the pipeline
+            return dataset
         # a file cut short after its first bytes fails only when decoded
         return dataset.ignore_errors(log_warning=True) if data.bad_images == "skip" else dataset
 
@@ -203,4 +218,39 @@ def load_folder(data, split_seed=0):
         num_classes=len(class_names),
         class_names=class_names,
         image_shape=size + (3,),
+        encoded=encoded,
+    )
+
+
+def load_synthetic(data):
+    """Random images, for measuring throughput without a download (see sectrain-bench).
+
+    Smooth random colour fields with fine noise, of `data.synthetic.shape`; stored
+    JPEG-encoded when the recipe crops full-size images (as ImageNet's are), else as
+    uint8 arrays. The labels are random: nothing can be learnt from them.
+    """
+    spec = data.synthetic
+    rng = np.random.default_rng(0)
+    height, width, channels = spec.shape
+    coarse = rng.uniform(0, 255, (spec.images, max(height // 32, 1), max(width // 32, 1), channels))
+    images = tf.image.resize(coarse.astype(np.float32), (height, width)).numpy()
+    images += rng.normal(0, 12, images.shape)
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    labels = rng.integers(0, spec.classes, spec.images).astype(np.int32)
+    encoded = wants_full_images(data)
+    if encoded:
+        images = [tf.io.encode_jpeg(image, quality=90).numpy() for image in images]
+    else:
+        size = (data.image_size, data.image_size)
+        images = tf.cast(tf.round(tf.image.resize(images, size)), tf.uint8).numpy()
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    return Source(
+        train=dataset,
+        val=dataset,
+        num_train=spec.images,
+        num_val=spec.images,
+        num_classes=spec.classes,
+        class_names=[str(c) for c in range(spec.classes)],
+        image_shape=(data.image_size, data.image_size, channels),
+        encoded=encoded,
     )

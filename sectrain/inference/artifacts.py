@@ -10,8 +10,9 @@ import yaml
 
 import sectrain.layers.attention  # noqa: F401  (registers sectrain's layers for loading)
 import sectrain.layers.common  # noqa: F401
+from sectrain.data.images import eval_image
 from sectrain.data.pipeline import normalise
-from sectrain.data.sources import IMAGE_EXTENSIONS, decode_image
+from sectrain.data.sources import IMAGE_EXTENSIONS
 from sectrain.errors import ConfigError
 
 
@@ -22,17 +23,25 @@ class TrainedModel:
     mean: list | None
     std: list | None
     overrides: list  # the Hydra overrides the run was started with
+    eval_crop: float = 1.0  # the central fraction evaluation keeps (see DataConfig)
 
     @property
     def image_shape(self):
         return tuple(self.model.input_shape[1:])
 
-    def read_images(self, encoded):
-        """Encoded image bytes (a batch) -> the model's normalised inputs."""
+    def read_images(self, images):
+        """A batch of encoded image bytes, or of float images in [0, 1] of one size ->
+        the model's normalised inputs, cropped and resized as in evaluation."""
         height, width, channels = self.image_shape
+        if images.dtype != tf.string:
+            return normalise(
+                eval_image(images, (height, width), channels, self.eval_crop), self.mean, self.std
+            )
         return tf.map_fn(
-            lambda e: normalise(decode_image(e, (height, width), channels), self.mean, self.std),
-            encoded,
+            lambda e: normalise(
+                eval_image(e, (height, width), channels, self.eval_crop), self.mean, self.std
+            ),
+            images,
             fn_output_signature=tf.float32,
         )
 
@@ -61,6 +70,7 @@ def load_trained(target):
         normalization.get("mean"),
         normalization.get("std"),
         [o for o in overrides or [] if not o.startswith("hydra")],
+        summary.get("eval_crop", 1.0),
     )
 
 

@@ -39,7 +39,9 @@ def evaluate(trained, data, split, batch_size=256):
     mean, std = trained.mean, trained.std
     if mean is None:  # a bare .keras file: normalise as training did
         mean, std = normalisation(source, data)
-    dataset = eval_pipeline(source.val if split == "val" else source.train, mean, std, batch_size)
+    dataset = eval_pipeline(
+        source.val if split == "val" else source.train, source, data, mean, std, batch_size
+    )
     logits, labels = [], []
     for images, batch_labels in dataset:
         logits.append(trained.model(images, training=False).numpy())

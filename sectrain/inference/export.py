@@ -20,10 +20,8 @@ def export(trained, path):
     import keras
     import tensorflow as tf
 
-    from sectrain.data.pipeline import normalise
-
     model = trained.model
-    height, width, channels = trained.image_shape
+    channels = trained.image_shape[-1]
     class_names = tf.constant(trained.class_names)
 
     def outputs(inputs):
@@ -44,9 +42,7 @@ def export(trained, path):
     )
     archive.add_endpoint(
         "predict_images",
-        lambda images: outputs(
-            normalise(tf.image.resize(images, (height, width)), trained.mean, trained.std)
-        ),
+        lambda images: outputs(trained.read_images(images)),
         input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name="images")],
     )
     archive.write_out(str(path), verbose=False)

@@ -22,15 +22,28 @@ class TrainingLoop:
         global_batch_size: int, examples per step over all replicas.
         l2_rate: float, coefficient of the L2 weight penalty (0: none).
         jit_compile: bool, compile each replica's step with XLA.
+        label_smoothing: float, training targets 1 - eps + eps / classes on the label and
+            eps / classes elsewhere; evaluation uses the plain labels.
     """
 
-    def __init__(self, strategy, model, optimizer, global_batch_size, l2_rate, jit_compile):
+    def __init__(
+        self,
+        strategy,
+        model,
+        optimizer,
+        global_batch_size,
+        l2_rate,
+        jit_compile,
+        label_smoothing=0.0,
+    ):
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
         self.global_batch_size = global_batch_size
         self.l2_rate = l2_rate
-        top_k = min(5, model.output.shape[-1])
+        self.label_smoothing = label_smoothing
+        self.num_classes = model.output.shape[-1]
+        top_k = min(5, self.num_classes)
         with strategy.scope():
             self.metrics = {
                 split: {
@@ -54,9 +67,17 @@ class TrainingLoop:
     def _train_replica_step(self, images, labels):
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True
-            )
+            if self.label_smoothing:
+                per_example = keras.losses.categorical_crossentropy(
+                    tf.one_hot(labels, self.num_classes),
+                    logits,
+                    from_logits=True,
+                    label_smoothing=self.label_smoothing,
+                )
+            else:
+                per_example = keras.losses.sparse_categorical_crossentropy(
+                    labels, logits, from_logits=True
+                )
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
             if self.l2_rate:
                 loss += tf.nn.scale_regularization_loss(l2_penalty(self.model, self.l2_rate))

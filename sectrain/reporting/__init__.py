@@ -1,0 +1,1 @@
+"""Reading run folders and putting them beside the published numbers."""

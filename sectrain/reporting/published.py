@@ -1,0 +1,111 @@
+"""The published results sectrain reproduces (Hu et al., TPAMI version, arXiv 1709.01507
+v4; see the README). A run is compared with the row whose settings it has: each row lists
+the config values (dotted keys) that identify it within its set."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Published:
+    table: str  # where the paper prints it
+    config: dict = field(hash=False)  # dotted key -> the value a matching run has
+    top1_error: float = 0.0  # %
+    top5_error: float | None = None  # %; the CIFAR tables give top-1 only
+
+
+IMAGENET = "imagenet2012"  # the TFDS name
+
+
+def _imagenet():
+    rows = []
+    for model, plain, se in (
+        ("resnet50", (24.80, 7.48), (23.29, 6.62)),
+        ("resnet101", (23.17, 6.52), (22.38, 6.07)),
+        ("resnet152", (22.42, 6.34), (21.57, 5.73)),
+        ("resnext50_32x4d", (22.11, 5.90), (21.10, 5.49)),
+        ("resnext101_32x4d", (21.18, 5.57), (20.70, 5.01)),
+        ("inception_resnet_v2", (20.37, 5.21), (19.80, 4.79)),
+    ):
+        for kind, errors in (("none", plain), ("se", se)):
+            config = {"model.name": model, "data.name": IMAGENET, "model.attention.kind": kind}
+            rows.append(Published("Table 2", config, *errors))
+    for kind, errors in (("none", (28.4, 9.4)), ("se", (25.3, 7.7))):
+        config = {"model.name": "mobilenet", "data.name": IMAGENET, "model.attention.kind": kind}
+        rows.append(Published("Table 3", config, *errors))
+    return rows
+
+
+def _cifar():
+    rows = []
+    for model, options, errors in (
+        ("cifar_resnet110", {}, ((6.37, 5.21), (26.88, 23.85))),
+        ("preact_resnet164", {}, ((5.46, 4.39), (24.33, 21.31))),
+        (
+            "wrn",
+            {"model.options.depth": 16, "model.options.width": 8},
+            ((4.27, 3.88), (20.43, 19.14)),
+        ),
+    ):
+        for data, table, (plain, se) in zip(
+            ("cifar10", "cifar100"), ("Table 4", "Table 5"), errors
+        ):
+            for kind, error in (("none", plain), ("se", se)):
+                config = {"model.name": model, "data.name": data, "model.attention.kind": kind}
+                rows.append(Published(table, {**config, **options}, error))
+    return rows
+
+
+SE_DEFAULTS = {
+    "ratio": 16,
+    "squeeze": "avg",
+    "gate": "sigmoid",
+    "stages": None,
+    "placement": "standard",
+}
+
+
+def _ablation():
+    base = {"model.name": "resnet50", "data.name": IMAGENET}
+    rows = [Published("Table 10", {**base, "model.attention.kind": "none"}, 23.30, 6.55)]
+    for table, changes, errors in (
+        ("Table 10", {"ratio": 2}, (22.29, 6.00)),
+        ("Table 10", {"ratio": 4}, (22.25, 6.09)),
+        ("Table 10", {"ratio": 8}, (22.26, 5.99)),
+        ("Tables 10-14", {}, (22.28, 6.03)),
+        ("Table 10", {"ratio": 32}, (22.72, 6.20)),
+        ("Table 11", {"squeeze": "max"}, (22.57, 6.09)),
+        ("Table 12", {"gate": "relu"}, (23.47, 6.98)),
+        ("Table 12", {"gate": "tanh"}, (23.00, 6.38)),
+        ("Table 13", {"stages": [2]}, (23.03, 6.48)),
+        ("Table 13", {"stages": [3]}, (23.04, 6.32)),
+        ("Table 13", {"stages": [4]}, (22.68, 6.22)),
+        ("Table 14", {"placement": "pre"}, (22.23, 6.00)),
+        ("Table 14", {"placement": "post"}, (22.78, 6.35)),
+        ("Table 14", {"placement": "identity"}, (22.20, 6.15)),
+        ("Table 15", {"placement": "3x3"}, (22.48, 6.02)),
+    ):
+        attention = {**SE_DEFAULTS, **changes, "kind": "se"}
+        config = {**base, **{f"model.attention.{k}": v for k, v in attention.items()}}
+        rows.append(Published(table, config, *errors))
+    return rows
+
+
+PUBLISHED = {"imagenet": _imagenet(), "cifar": _cifar(), "ablation": _ablation()}
+PAPER_SETS = tuple(PUBLISHED)
+
+
+def lookup(paper, config):
+    """The published row of set `paper` that `config` (a nested dict) matches, or None."""
+
+    def value(key):
+        node = config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    for row in PUBLISHED.get(paper, []):
+        if all(value(key) == wanted for key, wanted in row.config.items()):
+            return row
+    return None

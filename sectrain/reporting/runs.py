@@ -1,0 +1,112 @@
+"""Run folders as records: the config, the summary and the metrics of each epoch."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# Settings that do not change what a run measures: runs that differ only in these are
+# repeats of one configuration (the seed is what repeats vary).
+NOT_CONFIGURATION = (
+    "trainer.seed",
+    "trainer.fresh_start",
+    "trainer.save_model",
+    "trainer.checkpoint_every_epochs",
+    "trainer.checkpoint_every_steps",
+    "trainer.deterministic",
+    "trainer.strategy",
+    "trainer.steps_per_call",
+    "data.data_dir",
+    "data.manual_dir",
+    "data.path",
+    "data.cache",
+    "logger.",
+)
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict  # nested, as in config.yaml
+    summary: dict | None  # summary.json; None: the run has not written one
+    epochs: list = field(default_factory=list)  # the rows of metrics.jsonl
+
+    @property
+    def status(self):
+        if self.summary:
+            return self.summary["status"]
+        if self.epochs:
+            return "unfinished"  # killed, or still running
+        return "not started"  # e.g. stopped by a configuration error
+
+    @property
+    def completed(self):
+        return self.status == "completed" and bool(self.summary.get("final"))
+
+    @property
+    def seed(self):
+        return self.config.get("trainer", {}).get("seed")
+
+    def setting(self, key):
+        """The value of a dotted config key, or None."""
+        node = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict):
+                return None
+            node = node.get(part)
+        return node
+
+
+def flatten(config, prefix=""):
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become tuples, so values compare and hash."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def configuration(run):
+    """What identifies a run's configuration: its settings without seed and bookkeeping."""
+    return {
+        key: value
+        for key, value in flatten(run.config).items()
+        if not key.startswith(NOT_CONFIGURATION)
+    }
+
+
+def find_runs(paths):
+    """The runs in `paths` (run folders, or folders holding them, e.g. a multirun),
+    in a stable order. Earlier runs a fresh start set aside (previous-*) are left out."""
+    runs = []
+    for root in map(Path, paths):
+        candidates = [root] + sorted(p for p in root.rglob("*") if p.is_dir())
+        for folder in candidates:
+            if any(part.startswith("previous-") or part == ".hydra" for part in folder.parts):
+                continue
+            run = read_run(folder)
+            if run:
+                runs.append(run)
+    return runs
+
+
+def read_run(folder):
+    """The run in `folder`, or None if it holds none. A job that stopped before sectrain
+    wrote its config.yaml is read from Hydra's copy of the config."""
+    config_path = folder / "config.yaml"
+    if not config_path.is_file():
+        config_path = folder / ".hydra" / "config.yaml"
+        if not config_path.is_file():
+            return None
+    config = yaml.safe_load(config_path.read_text()) or {}
+    config.pop("hydra", None)
+    summary_path = folder / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    metrics_path = folder / "metrics.jsonl"
+    epochs = []
+    if metrics_path.is_file():
+        epochs = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    return Run(folder, config, summary, epochs)

@@ -1,0 +1,234 @@
+"""The paper's recipes (conf/experiment), their data pipelines and label smoothing."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from sectrain.cli import CONFIG_DIR
+from sectrain.config import validate
+from sectrain.data.augment import random_size_crop
+from sectrain.data.images import centre_crop, eval_image
+from sectrain.data.pipeline import make_pipelines
+from sectrain.data.sources import load_source
+from sectrain.reporting.published import lookup
+from sectrain.training.loop import TrainingLoop
+from tests.helpers import compose_config, make_config
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def sweep_jobs(experiment):
+    """The overrides of each job `sectrain -m +experiment=NAME` runs (the sweeper's
+    cartesian product), parsed as Hydra parses them."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", [f"+experiment={experiment}"], return_hydra_config=True)
+    jobs = [[]]
+    for key, values in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items():
+        (override,) = OverridesParser.create().parse_overrides([f"{key}={values}"])
+        jobs = [job + [f"{key}={v}"] for job in jobs for v in override.sweep_string_iterator()]
+    return jobs
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_job_of_every_experiment_is_a_valid_config(experiment):
+    for job in sweep_jobs(experiment):
+        validate(compose_config(f"+experiment={experiment}", *job))
+
+
+EXPECTED_TABLE_ROWS = {  # experiment -> (jobs, paper tables its jobs compare with)
+    "table2": (10, {"Table 2"}),
+    "table2_inception_resnet_v2": (2, {"Table 2"}),
+    "table3_mobilenet": (2, {"Table 3"}),
+    "table4_5_resnet": (8, {"Table 4", "Table 5"}),
+    "table4_5_wrn": (4, {"Table 4", "Table 5"}),
+    "ablation_ratio": (5, {"Table 10", "Tables 10-14"}),
+    "ablation_squeeze": (2, {"Table 11", "Tables 10-14"}),
+    "ablation_gate": (3, {"Table 12", "Tables 10-14"}),
+    "ablation_stages": (4, {"Table 13", "Tables 10-14"}),
+    "ablation_placement": (5, {"Table 14", "Table 15", "Tables 10-14"}),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPECTED_TABLE_ROWS))
+def test_each_paper_experiment_job_meets_its_own_published_row(experiment):
+    jobs = sweep_jobs(experiment)
+    expected_jobs, expected_tables = EXPECTED_TABLE_ROWS[experiment]
+    assert len(jobs) == expected_jobs
+    rows = []
+    for job in jobs:
+        config = OmegaConf.to_container(
+            OmegaConf.structured(validate(compose_config(f"+experiment={experiment}", *job)))
+        )
+        rows.append(lookup(config["paper"], config))
+    assert None not in rows
+    assert len(set(rows)) == len(jobs)  # each job its own row
+    assert {row.table for row in rows} == expected_tables
+
+
+def test_the_ablation_ratio_rows_are_the_papers():
+    config = OmegaConf.to_container(
+        OmegaConf.structured(make_config("+experiment=ablation_ratio", "model.attention.ratio=8"))
+    )
+    row = lookup("ablation", config)
+    assert (row.top1_error, row.top5_error) == (22.26, 5.99)
+    config["model"]["attention"]["use_bias"] = True  # ratio etc. identify it, not the bias
+    config["model"]["attention"]["ratio"] = 3  # no such row
+    assert lookup("ablation", config) is None
+
+
+def test_imagenet_recipe_matches_the_paper(tmp_path):
+    config = make_config("+experiment=imagenet_recipe")
+    assert config.model.name == "resnet50" and config.data.name == "imagenet2012"
+    assert (config.trainer.global_batch_size, config.optimizer.lr) == (1024, 0.6)
+    assert config.optimizer.scale_lr_with_batch and config.optimizer.base_batch_size == 1024
+    assert (config.schedule.name, config.schedule.step_size, config.schedule.gamma) == (
+        "step",
+        30,
+        0.1,
+    )
+    assert config.trainer.epochs == 100 and config.data.eval_crop == 0.875
+    assert config.data.augment.scale == [0.08, 1.0] and config.data.augment.flip
+    ablation = make_config("+experiment=ablation_gate")
+    assert ablation.trainer.label_smoothing == 0.1 and not ablation.model.attention.use_bias
+
+
+@pytest.mark.parametrize(
+    "experiment, size, channels",
+    [("imagenet_recipe", 224, 3), ("table2_inception_resnet_v2", 299, 3), ("cifar_recipe", 32, 3)],
+)
+def test_recipe_pipelines_build_on_mock_data(experiment, size, channels):
+    config = make_config(f"+experiment={experiment}")
+    with tfds.testing.mock_data(num_examples=8):
+        source = load_source(config.data)
+        train, val, (mean, std) = make_pipelines(source, config.data, 4, seed=0)
+        images, labels = next(iter(train))
+        val_images, _ = next(iter(val))
+    assert source.encoded == (experiment != "cifar_recipe")  # ImageNet crops full images
+    assert images.shape == (4, size, size, channels) and val_images.shape == images.shape
+    assert labels.shape == (4,) and int(tf.reduce_max(labels)) < source.num_classes
+    assert np.isfinite(images.numpy()).all()
+    assert mean == list(config.data.mean)
+
+
+def gradient_image(height, width):
+    """An image whose pixels say where they are: red = row, green = column."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    return np.stack([rows * 255 // height, cols * 255 // width, np.zeros_like(rows)], -1).astype(
+        np.uint8
+    )
+
+
+def test_random_size_crop_draws_windows_within_the_area_range():
+    image = tf.constant(gradient_image(120, 160))
+    areas = []
+    for index in range(40):
+        seed = tf.constant([0, index], tf.int64)
+        begin, window, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image),
+            tf.zeros([1, 0, 4]),
+            seed=seed,
+            min_object_covered=0.0,
+            aspect_ratio_range=[0.75, 4 / 3],
+            area_range=[0.25, 0.5],
+            max_attempts=10,
+            use_image_if_no_bounding_boxes=True,
+        )
+        areas.append(int(window[0]) * int(window[1]) / (120 * 160))
+        crop = random_size_crop(image, seed, (32, 32), [0.25, 0.5], [0.75, 4 / 3], 3)
+        assert crop.shape == (32, 32, 3) and crop.dtype == tf.float32
+        # the crop's corners are the window's: the gradient says where it was taken
+        top_row = float(crop[0, :, 0].numpy().mean()) * 255
+        assert abs(top_row - int(begin[0]) * 255 // 120) < 10
+    assert min(areas) > 0.2 and max(areas) < 0.55 and len(set(areas)) > 10
+
+
+def test_random_size_crop_of_encoded_images_equals_that_of_decoded_ones():
+    image = gradient_image(90, 130)
+    seed = tf.constant([3, 7], tf.int64)
+    args = (seed, (40, 40), [0.08, 1.0], [0.75, 4 / 3], 3)
+    decoded = random_size_crop(tf.constant(image), *args)
+    png = random_size_crop(tf.io.encode_png(image), *args)
+    np.testing.assert_array_equal(png.numpy(), decoded.numpy())
+    jpeg_bytes = tf.io.encode_jpeg(image, quality=100)
+    jpeg_decoded = random_size_crop(tf.io.decode_jpeg(jpeg_bytes), *args)
+    jpeg = random_size_crop(jpeg_bytes, *args)  # decodes only the window
+    np.testing.assert_allclose(jpeg.numpy(), jpeg_decoded.numpy(), atol=2 / 255)
+
+
+def test_centre_crop_evaluation_is_the_papers_256_to_224():
+    image = gradient_image(256, 320)
+    crop = centre_crop(tf.constant(image), 0.875)
+    np.testing.assert_array_equal(crop.numpy(), image[16:240, 48:272])
+    # from encoded bytes, resized: the central 224 of the short side, at the model's size
+    evaluated = eval_image(tf.io.encode_png(image), (112, 112), 3, 0.875)
+    expected = tf.image.resize(image[16:240, 48:272].astype(np.float32), (112, 112)) / 255
+    np.testing.assert_allclose(evaluated.numpy(), expected.numpy(), atol=1 / 255)
+    whole = eval_image(tf.io.encode_png(image), (64, 64), 3, 1.0)  # 1: the whole image
+    assert whole.shape == (64, 64, 3)
+
+
+def test_synthetic_data_has_both_recipes_formats():
+    imagenet = load_source(make_config("data=synthetic", "data.synthetic.images=4").data)
+    image, label = next(iter(imagenet.train))
+    assert imagenet.encoded and image.dtype == tf.string and tf.io.is_jpeg(image)
+    assert tf.io.decode_jpeg(image).shape == (375, 500, 3) and 0 <= int(label) < 1000
+    cifar = load_source(
+        make_config(
+            "data=synthetic",
+            "data.synthetic.images=4",
+            "data.synthetic.shape=[32,32,3]",
+            "data.image_size=32",
+            "data.augment.scale=null",
+            "data.eval_crop=1.0",
+        ).data
+    )
+    image, _ = next(iter(cifar.train))
+    assert not cifar.encoded and image.dtype == tf.uint8 and image.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])
+def test_label_smoothing_trains_on_the_smoothed_targets(smoothing):
+    strategy = tf.distribute.get_strategy()
+    logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]], np.float32)
+    labels = np.array([0, 1], np.int32)
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(3, kernel_initializer="identity", use_bias=False)(inputs)
+    model = keras.Model(inputs, outputs)  # logits = inputs
+    optimizer = keras.optimizers.SGD(0.0)
+    optimizer.build(model.trainable_variables)
+    loop = TrainingLoop(strategy, model, optimizer, 2, 0.0, False, label_smoothing=smoothing)
+    iterator = iter(tf.data.Dataset.from_tensors((logits, labels)).repeat())
+    loop.train_steps(iterator, tf.constant(1))
+    targets = np.full((2, 3), smoothing / 3) + np.eye(3)[labels] * (1 - smoothing)
+    log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected = float(-(targets * log_probs).sum(1).mean())
+    assert loop.results("train")["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.augment.scale=[0.5,0.1]", "data.augment.scale: give [low, high]"),
+        ("data.eval_crop=1.5", "data.eval_crop: must be between 0.1 and 1.0"),
+        ("trainer.label_smoothing=1.0", "trainer.label_smoothing: must be between"),
+        ("paper=table99", "paper: unknown value 'table99'"),
+    ],
+)
+def test_recipe_settings_out_of_range_are_config_errors(override, message):
+    from sectrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        make_config(override)
+
+
+def test_experiment_folder_is_listed():
+    assert {"imagenet_recipe", "cifar_recipe", "digits_se_vs_plain"} <= set(EXPERIMENTS)
+    assert Path(CONFIG_DIR / "data" / "imagenet.yaml").is_file()
