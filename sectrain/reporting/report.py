@@ -102,11 +102,11 @@ COLUMNS = (
     "runs",
     "top-1 err %",
     "top-5 err %",
-    "params (M)",
+    "params M",
     "GFLOPs",
-    "images/s",
+    "img/s",
     "paper top-1 / top-5",
-    "top-1 - paper",
+    "Δ top-1",
 )
 
 
@@ -119,7 +119,7 @@ def table_cells(row):
         f"{len(row.completed)}/{len(row.runs)}",
         mean_std(row.top1_error),
         mean_std(row.top5_error),
-        f"{row.parameters / 1e6:.2f}" if row.parameters else "",
+        f"{row.parameters / 1e6:.3g}" if row.parameters else "",
         f"{flops / 1e9:.3f}" if flops else "",
         f"{row.images_per_sec:,.0f}" if row.images_per_sec else "",
         (f"{p.top1_error:.2f} / {p.top5_error:.2f}" if p.top5_error else f"{p.top1_error:.2f}")
@@ -247,6 +247,7 @@ def report(paths, out_dir, console):
     table = Table(title=f"{len(runs)} runs, {len(rows)} configurations")
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "configuration" else "right")
+    table.columns[0].overflow = "fold"
     for row in rows:
         table.add_row(*table_cells(row))
     console.print(table)

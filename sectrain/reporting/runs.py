@@ -62,7 +62,7 @@ def flatten(config, prefix=""):
     """{"a": {"b": 1}} -> {"a.b": 1}; lists become tuples, so values compare and hash."""
     flat = {}
     for key, value in config.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty one (no model.options) adds nothing
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value

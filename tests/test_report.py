@@ -1,0 +1,83 @@
+"""sectrain-report over real runs: completed seeds of two configurations, a diverged
+run and one killed before it finished."""
+
+import csv
+import json
+import shutil
+import statistics
+
+import pytest
+
+from sectrain.reporting.report import main as report_main
+from sectrain.train import RunStopped, train
+from tests.helpers import make_config
+
+QUICK = ("trainer.epochs=2", "trainer.global_batch_size=256", "logger.tensorboard=false")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A multirun-like folder: SE and plain, two seeds each, and one of them killed
+    before its end; and a folder with a diverged run."""
+    root = tmp_path_factory.mktemp("sweep")
+    for number, (attention, seed) in enumerate([("se", 0), ("se", 1), ("none", 0), ("none", 1)]):
+        train(
+            make_config(f"model/attention={attention}", f"trainer.seed={seed}", *QUICK),
+            root / str(number),
+        )
+    with pytest.raises(RunStopped):
+        diverging = ("optimizer.lr=100", "schedule=constant", "trainer.global_batch_size=32")
+        train(make_config(*diverging, "logger.tensorboard=false"), root.parent / "diverged")
+    # a run killed before its end: what remains has no summary.json
+    shutil.copytree(root / "0", root / "5")
+    (root / "5" / "summary.json").unlink()
+    return root
+
+
+def summaries(root, numbers):
+    return [json.loads((root / str(n) / "summary.json").read_text()) for n in numbers]
+
+
+def test_report_table_has_mean_and_std_over_seeds(runs, capsys):
+    assert report_main([str(runs)]) == 0
+    printed = capsys.readouterr().out
+    with open(runs / "report.csv") as f:
+        rows = {row["configuration"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"attention.kind=se", "attention.kind=none"}
+    for label, numbers in (("attention.kind=se", [0, 1]), ("attention.kind=none", [2, 3])):
+        errors = [100 * (1 - s["final"]["val_top1"]) for s in summaries(runs, numbers)]
+        row = rows[label]
+        assert float(row["top1_error_mean"]) == pytest.approx(statistics.mean(errors))
+        assert float(row["top1_error_std"]) == pytest.approx(statistics.stdev(errors))
+        assert (
+            int(row["trainable_parameters"])
+            == summaries(runs, numbers)[0]["parameters"]["trainable"]
+        )
+        assert float(row["flops"]) > 0 and float(row["images_per_sec"]) > 0
+    # the killed run is a repeat of SE
+    assert rows["attention.kind=se"]["runs"] == "3"
+    assert rows["attention.kind=se"]["runs_completed"] == "2"
+    se_params = int(rows["attention.kind=se"]["trainable_parameters"])
+    assert se_params > int(rows["attention.kind=none"]["trainable_parameters"])
+    assert "unfinished" in printed
+
+
+def test_report_lists_runs_that_did_not_complete(runs, capsys):
+    diverged = runs.parent / "diverged"
+    report_main([str(runs), str(diverged), "--out", str(runs / "report")])
+    assert "diverged" in capsys.readouterr().out
+    markdown = (runs / "report" / "report.md").read_text()
+    assert "| configuration | runs | top-1 err % | top-5 err % |" in markdown
+    assert markdown.count("\n| attention.kind=") == 3  # SE, plain, the diverged lr 100 one
+    failed = markdown.split("Runs that did not complete:")[1]
+    assert f"`{diverged}`: diverged" in failed and "the training loss became" in failed
+    assert f"`{runs / '5'}`: unfinished, 2 epochs" in failed
+    png = (runs / "report" / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_report_without_runs_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(tmp_path)])
+    assert stop.value.code == 2
+    assert "no sectrain runs" in capsys.readouterr().err
