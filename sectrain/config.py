@@ -140,6 +140,23 @@ class LoggerConfig:
 
 
 @dataclass
+class BenchConfig:
+    """What `sectrain-bench` measures; the trainer ignores it."""
+
+    # variant name -> key=value overrides of the config; ratios compare with the first
+    variants: dict[str, list[str]] = field(
+        default_factory=lambda: {"plain": ["model.attention.kind=none"], "configured": []}
+    )
+    keras_fit: bool = True  # also the keras.applications counterpart trained by model.fit
+    warmup_steps: int = 3  # untimed training steps first (tracing, compilation)
+    timed_steps: int = 20  # timed training steps, in calls of trainer.steps_per_call
+    real_data: bool = True  # also train on the configured input pipeline
+    inference_batch: int = 64  # throughput batch (latency is measured at batch 1)
+    inference_calls: int = 10
+    pipeline_batches: int = 20  # batches of the input pipeline timed on their own
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -150,6 +167,7 @@ class Config:
     # the published results these runs reproduce (imagenet | cifar | ablation; set by
     # conf/experiment): sectrain-report puts the paper's numbers beside them
     paper: str | None = None
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 # The base of conf/config.yaml: every key exists, with its type, before any YAML is merged.
@@ -293,6 +311,13 @@ def _check(c: Config):
     _between("schedule.min_lr_ratio", s.min_lr_ratio, 0.0, 1.0)
     if list(s.milestones) != sorted(set(s.milestones)):
         raise ConfigError(f"schedule.milestones: must increase. Received: {list(s.milestones)}")
+
+    b = c.bench
+    if not b.variants:
+        raise ConfigError("bench.variants: give at least one, e.g. {configured: []}")
+    for key in ("warmup_steps", "timed_steps", "inference_batch", "inference_calls"):
+        _at_least(f"bench.{key}", getattr(b, key), 1)
+    _at_least("bench.pipeline_batches", b.pipeline_batches, 0)
 
     t = c.trainer
     _at_least("trainer.epochs", t.epochs, 1)

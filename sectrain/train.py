@@ -67,12 +67,7 @@ def train(config, run_dir, console=None):
     t = config.trainer
     config_yaml = OmegaConf.to_yaml(OmegaConf.structured(config))
 
-    keras.backend.clear_session()  # sweeps run several jobs in one process
-    if t.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(t.strategy)  # multi-worker: before any other TensorFlow op
-    keras.utils.set_random_seed(t.seed)
-    keras.mixed_precision.set_dtype_policy(t.precision)
+    strategy = start_session(t)
     chief = is_chief(strategy)
     if chief:
         prepare_run_dir(run_dir, config_yaml, t.fresh_start)
@@ -97,32 +92,7 @@ def train(config, run_dir, console=None):
     total_steps = t.epochs * steps_per_epoch
 
     attention = asdict(config.model.attention)
-    with strategy.scope():
-        model = build_model(
-            config.model.name,
-            num_classes=source.num_classes,
-            input_shape=source.image_shape,
-            attention=attention,
-            sync_bn=t.sync_bn,
-            dropout=config.model.dropout,
-            **config.model.options,
-        )
-        peak_lr = config.optimizer.lr
-        if config.optimizer.scale_lr_with_batch:  # linear scaling (Goyal et al. 2017)
-            peak_lr *= t.global_batch_size / config.optimizer.base_batch_size
-        schedule = make_schedule(config.schedule, peak_lr, steps_per_epoch, t.epochs)
-        optimizer = make_optimizer(config.optimizer, schedule, t.precision)
-        optimizer.build(model.trainable_variables)
-    jit = bool(tf.config.list_logical_devices("GPU")) if t.jit_compile is None else t.jit_compile
-    loop = TrainingLoop(
-        strategy,
-        model,
-        optimizer,
-        t.global_batch_size,
-        l2_decay_rate(config.optimizer),
-        jit,
-        t.label_smoothing,
-    )
+    model, optimizer, loop = build_trainer(config, strategy, source, steps_per_epoch)
 
     checkpoint = tf.train.Checkpoint(
         model=model,
@@ -279,6 +249,55 @@ def train(config, run_dir, console=None):
         f"{summary['wall_seconds']:.0f} s. Run folder: {run_dir}"
     )
     return best["val_top1"]
+
+
+def start_session(trainer):
+    """Sets up TensorFlow for a run of `trainer` (a `TrainerConfig`): a fresh Keras
+    session, determinism, seed and precision. Returns the tf.distribute strategy."""
+    keras.backend.clear_session()  # sweeps run several jobs in one process
+    if trainer.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(trainer.strategy)  # multi-worker: before any other TensorFlow op
+    keras.utils.set_random_seed(trainer.seed)
+    keras.mixed_precision.set_dtype_policy(trainer.precision)
+    return strategy
+
+
+def build_trainer(config, strategy, source, steps_per_epoch):
+    """The model, its optimizer (with the learning-rate schedule) and the training loop
+    that `config` describes for `source`'s images, built in `strategy`'s scope."""
+    t = config.trainer
+    with strategy.scope():
+        model = build_model(
+            config.model.name,
+            num_classes=source.num_classes,
+            input_shape=source.image_shape,
+            attention=asdict(config.model.attention),
+            sync_bn=t.sync_bn,
+            dropout=config.model.dropout,
+            **config.model.options,
+        )
+        peak_lr = config.optimizer.lr
+        if config.optimizer.scale_lr_with_batch:  # linear scaling (Goyal et al. 2017)
+            peak_lr *= t.global_batch_size / config.optimizer.base_batch_size
+        schedule = make_schedule(config.schedule, peak_lr, steps_per_epoch, t.epochs)
+        optimizer = make_optimizer(config.optimizer, schedule, t.precision)
+        optimizer.build(model.trainable_variables)
+    loop = TrainingLoop(
+        strategy,
+        model,
+        optimizer,
+        t.global_batch_size,
+        l2_decay_rate(config.optimizer),
+        jit_compile=use_jit(t.jit_compile),
+        label_smoothing=t.label_smoothing,
+    )
+    return model, optimizer, loop
+
+
+def use_jit(jit_compile):
+    """trainer.jit_compile, where null means XLA with a GPU and none on a CPU."""
+    return bool(tf.config.list_logical_devices("GPU")) if jit_compile is None else jit_compile
 
 
 def _save_model(model, path):

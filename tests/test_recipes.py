@@ -176,20 +176,11 @@ def test_centre_crop_evaluation_is_the_papers_256_to_224():
 
 
 def test_synthetic_data_has_both_recipes_formats():
-    imagenet = load_source(make_config("data=synthetic", "data.synthetic.images=4").data)
+    imagenet = load_source(make_config("data=synthetic_imagenet", "data.synthetic.images=4").data)
     image, label = next(iter(imagenet.train))
     assert imagenet.encoded and image.dtype == tf.string and tf.io.is_jpeg(image)
     assert tf.io.decode_jpeg(image).shape == (375, 500, 3) and 0 <= int(label) < 1000
-    cifar = load_source(
-        make_config(
-            "data=synthetic",
-            "data.synthetic.images=4",
-            "data.synthetic.shape=[32,32,3]",
-            "data.image_size=32",
-            "data.augment.scale=null",
-            "data.eval_crop=1.0",
-        ).data
-    )
+    cifar = load_source(make_config("data=synthetic_cifar", "data.synthetic.images=4").data)
     image, _ = next(iter(cifar.train))
     assert not cifar.encoded and image.dtype == tf.uint8 and image.shape == (32, 32, 3)
 

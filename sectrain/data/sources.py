@@ -232,17 +232,21 @@ def load_synthetic(data):
     spec = data.synthetic
     rng = np.random.default_rng(0)
     height, width, channels = spec.shape
-    coarse = rng.uniform(0, 255, (spec.images, max(height // 32, 1), max(width // 32, 1), channels))
-    images = tf.image.resize(coarse.astype(np.float32), (height, width)).numpy()
-    images += rng.normal(0, 12, images.shape)
-    images = np.clip(images, 0, 255).astype(np.uint8)
-    labels = rng.integers(0, spec.classes, spec.images).astype(np.int32)
     encoded = wants_full_images(data)
-    if encoded:
-        images = [tf.io.encode_jpeg(image, quality=90).numpy() for image in images]
-    else:
-        size = (data.image_size, data.image_size)
-        images = tf.cast(tf.round(tf.image.resize(images, size)), tf.uint8).numpy()
+    size = (data.image_size, data.image_size)
+    images = []
+    for start in range(0, spec.images, 64):  # in chunks: a few MB at a time
+        count = min(64, spec.images - start)
+        coarse = rng.uniform(0, 255, (count, -(-height // 32), -(-width // 32), channels))
+        chunk = tf.image.resize(coarse.astype(np.float32), (height, width))
+        chunk += 12 * rng.standard_normal(chunk.shape, dtype=np.float32)
+        chunk = tf.cast(tf.clip_by_value(tf.round(chunk), 0, 255), tf.uint8)
+        if encoded:
+            images += [tf.io.encode_jpeg(image, quality=90).numpy() for image in chunk]
+        else:
+            images.append(tf.cast(tf.round(tf.image.resize(chunk, size)), tf.uint8).numpy())
+    images = images if encoded else np.concatenate(images)
+    labels = rng.integers(0, spec.classes, spec.images).astype(np.int32)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     return Source(
         train=dataset,

@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = (
     "trainer.steps_per_call",
     "trainer.save_model",
     "logger.",
+    "bench.",
 )
 
 

@@ -22,6 +22,7 @@ NOT_CONFIGURATION = (
     "data.path",
     "data.cache",
     "logger.",
+    "bench.",
 )
 
 

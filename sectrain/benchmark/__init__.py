@@ -1,0 +1,1 @@
+"""sectrain-bench: training and inference throughput, side by side."""

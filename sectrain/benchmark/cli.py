@@ -1,0 +1,222 @@
+"""`sectrain-bench`: training and inference throughput of a config and its variants,
+measured side by side in one run, each variant in a process of its own.
+
+    sectrain-bench model=se_resnet50 data=synthetic_imagenet trainer.global_batch_size=32
+
+Takes every setting `sectrain` takes, plus bench.* (see `sectrain --help`). For each
+variant (by default: the configured model with attention off, then as configured, then
+its keras.applications counterpart trained by model.fit) it measures training images/s
+on a synthetic batch kept on the device and on the real input pipeline, the input
+pipeline alone, inference latency at batch 1 and throughput at a large batch, and peak
+memory. Prints a table and writes bench.json to the run folder.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from sectrain.cli import CONFIG_DIR, check_overrides, fail
+from sectrain.config import check_value, validate
+from sectrain.errors import ConfigError
+
+# sectrain model name -> its keras.applications counterpart (the same network)
+KERAS_APPLICATIONS = {
+    "resnet50": "ResNet50",
+    "resnet101": "ResNet101",
+    "resnet152": "ResNet152",
+    "inception_v3": "InceptionV3",
+    "inception_resnet_v2": "InceptionResNetV2",
+    "mobilenet": "MobileNet",
+    "mobilenet_v2": "MobileNetV2",
+    "densenet121": "DenseNet121",
+    "densenet169": "DenseNet169",
+    "densenet201": "DenseNet201",
+}
+KERAS_FIT = "keras.applications + fit"
+
+
+def variant_configs(config):
+    """(name, runner, Config) of each variant: the config with each variant's overrides,
+    then, if asked and there is one, the first variant as keras.applications + fit."""
+    variants = []
+    for name, overrides in config.bench.variants.items():
+        node = OmegaConf.structured(config)
+        try:
+            for line in overrides:
+                (override,) = OverridesParser.create().parse_overrides([line])
+                check_value(override.key_or_group, override.value())
+                OmegaConf.update(node, override.key_or_group, override.value(), merge=True)
+            variants.append((name, "sectrain", validate(node)))
+        except Exception as error:  # a bad override: name the variant
+            raise ConfigError(f"bench.variants.{name}: {error}") from None
+    first = variants[0][2]
+    if config.bench.keras_fit and first.model.name in KERAS_APPLICATIONS:
+        variants.append((KERAS_FIT, "keras_fit", first))
+    return variants
+
+
+def measure(name, runner, config, folder, console):
+    """Runs one variant's measurements in a fresh process; returns its results."""
+    config_path = folder / f"{name}.yaml".replace(" ", "_")
+    result_path = config_path.with_suffix(".json")
+    config_path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    command = [sys.executable, "-m", "sectrain.benchmark.measure"]
+    with console.status(f"measuring {name} ..."):
+        process = subprocess.run(
+            [*command, str(config_path), runner, str(result_path)], capture_output=True, text=True
+        )
+    if process.returncode != 0:
+        tail = "\n".join(process.stderr.strip().splitlines()[-5:])
+        console.print(f"[bold red]{name} failed[/] (exit {process.returncode}):\n{tail}")
+        return {"error": tail, "exit_code": process.returncode}
+    return json.loads(result_path.read_text())
+
+
+def startup_seconds():
+    """Wall seconds of `sectrain --help` and of a configuration error."""
+    seconds = {}
+    for key, args in (("help", ["--help"]), ("config_error", ["model=no_such_model"])):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "sectrain.cli", *args], capture_output=True)
+        seconds[key] = time.perf_counter() - started
+    return seconds
+
+
+def machine():
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def ratios(results):
+    """The side-by-side figures: each variant against the first (step time, latency),
+    the input pipeline against training, host memory against keras.applications + fit."""
+    names = [n for n, r in results.items() if "error" not in r]
+    if not names:
+        return {}
+    first = results[names[0]]
+    keras_fit = results.get(KERAS_FIT, {})
+    table = {}
+    for name in names:
+        r = results[name]
+        row = {
+            "train_time_vs_first": first["train_synthetic"]["median"]
+            / r["train_synthetic"]["median"],
+        }
+        if "latency_ms" in r and "latency_ms" in first:
+            row["latency_vs_first"] = r["latency_ms"] / first["latency_ms"]
+        if "pipeline" in r:
+            row["pipeline_vs_training"] = r["pipeline"]["median"] / r["train_synthetic"]["median"]
+        if "peak_host_mib" in keras_fit:
+            row["host_memory_vs_keras_fit"] = r["peak_host_mib"] / keras_fit["peak_host_mib"]
+        table[name] = row
+    return table
+
+
+def show(results, rows, console):
+    """One column per variant, one row per measurement."""
+
+    def number(value):
+        return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+    def rate(stats):
+        return f"{number(stats['median'])} ({number(stats['p25'])}-{number(stats['p75'])})"
+
+    measurements = (  # label, where in a variant's results and ratios, format
+        ("train images/s, synthetic", "train_synthetic", rate),
+        ("  step time vs first", "train_time_vs_first", "{:.3f}x".format),
+        ("train images/s, real data", "train_real", rate),
+        ("input pipeline images/s", "pipeline", rate),
+        ("  pipeline / training", "pipeline_vs_training", "{:.1f}x".format),
+        ("latency at batch 1, ms", "latency_ms", "{:.1f}".format),
+        ("  latency vs first", "latency_vs_first", "{:.3f}x".format),
+        ("inference images/s", "inference", rate),
+        ("peak host memory, MiB", "peak_host_mib", "{:,.0f}".format),
+        ("  vs keras.applications + fit", "host_memory_vs_keras_fit", "{:.3f}x".format),
+        ("peak GPU memory, MiB", "peak_gpu_mib", "{:,.0f}".format),
+        ("trainable parameters", "parameters", "{:,}".format),
+    )
+    table = Table(title="images/s: median (25th-75th percentile) over the timed calls")
+    table.add_column("")
+    for name in results:
+        table.add_column(name, justify="right")
+    for label, key, show_value in measurements:
+        cells = []
+        for name, result in results.items():
+            value = {**result, **rows.get(name, {})}.get(key)
+            cells.append(
+                "[red]failed[/]"
+                if "error" in result
+                else ""
+                if value is None
+                else show_value(value)
+            )
+        if any(cells):
+            table.add_row(label, *cells)
+    console.print(table)
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def run(cfg):
+    console = Console()
+    try:
+        config = validate(cfg)
+        variants = variant_configs(config)
+    except ConfigError as error:
+        fail(error)
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = config.trainer
+    console.print(
+        f"[bold]sectrain-bench[/] {config.model.name} on {config.data.name} "
+        f"{config.data.image_size}x{config.data.image_size}, global batch "
+        f"{t.global_batch_size}, {t.precision}, {t.steps_per_call} step(s) per call; "
+        f"variants: {', '.join(name for name, *_ in variants)}",
+        highlight=False,
+    )
+    results = {name: measure(name, runner, c, folder, console) for name, runner, c in variants}
+    rows = ratios(results)
+    show(results, rows, console)
+    startup = startup_seconds()
+    console.print(
+        f"start-up: sectrain --help {startup['help']:.2f} s, a config error "
+        f"{startup['config_error']:.2f} s",
+        highlight=False,
+    )
+    report = {
+        "machine": machine(),
+        "config": OmegaConf.to_container(OmegaConf.structured(config)),
+        "variants": results,
+        "ratios": rows,
+        "startup_seconds": startup,
+    }
+    (folder / "bench.json").write_text(json.dumps(report, indent=2))
+    console.print(f"Written: {folder / 'bench.json'}", highlight=False)
+    if any("error" in r for r in results.values()):
+        sys.exit(1)
+
+
+def main():
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as error:
+        fail(error)
+    run()

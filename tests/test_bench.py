@@ -1,0 +1,92 @@
+"""sectrain-bench: variants measured side by side, each in its own process."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sectrain.benchmark.cli import KERAS_FIT, ratios, variant_configs
+from sectrain.errors import ConfigError
+from tests.helpers import make_config
+
+
+def test_variants_are_the_config_with_their_overrides_then_keras_fit():
+    config = make_config("model=se_resnet50", "model.attention.ratio=8")
+    (plain, _, plain_config), (configured, _, se_config), (keras, runner, keras_config) = (
+        variant_configs(config)
+    )
+    assert (plain, configured, keras, runner) == ("plain", "configured", KERAS_FIT, "keras_fit")
+    assert plain_config.model.attention.kind == "none" and se_config.model.attention.ratio == 8
+    assert keras_config is plain_config  # keras.applications is compared with the plain net
+    # a model without a keras.applications counterpart has no such variant
+    assert [name for name, *_ in variant_configs(make_config())] == ["plain", "configured"]
+
+
+def test_a_bad_variant_is_a_config_error_naming_it():
+    config = make_config('+bench.variants.tiny=["model.attention.ratio=0"]')
+    with pytest.raises(ConfigError, match="bench.variants.tiny: model.attention.ratio: must be"):
+        variant_configs(config)
+
+
+def test_ratios_compare_each_variant_with_the_first():
+    results = {
+        "plain": {"train_synthetic": {"median": 100.0}, "latency_ms": 10.0, "peak_host_mib": 900},
+        "se": {
+            "train_synthetic": {"median": 80.0},
+            "latency_ms": 10.5,
+            "pipeline": {"median": 400.0},
+            "peak_host_mib": 990,
+        },
+        KERAS_FIT: {"train_synthetic": {"median": 50.0}, "peak_host_mib": 1000},
+        "broken": {"error": "..."},
+    }
+    rows = ratios(results)
+    assert rows["se"] == pytest.approx(
+        {
+            "train_time_vs_first": 1.25,
+            "latency_vs_first": 1.05,
+            "pipeline_vs_training": 5.0,
+            "host_memory_vs_keras_fit": 0.99,
+        }
+    )
+    assert rows[KERAS_FIT]["train_time_vs_first"] == 2.0 and "broken" not in rows
+
+
+def test_bench_measures_se_plain_and_keras_fit_side_by_side(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sectrain.benchmark.cli",
+            "model=se_resnet50",
+            "trainer.global_batch_size=8",
+            "bench.warmup_steps=1",
+            "bench.timed_steps=2",
+            "bench.inference_batch=4",
+            "bench.inference_calls=2",
+            "bench.pipeline_batches=2",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    plain, se, keras = (report["variants"][k] for k in ("plain", "configured", KERAS_FIT))
+    for variant in (plain, se):
+        for key in ("train_synthetic", "train_real", "pipeline", "inference"):
+            stats = variant[key]
+            assert 0 < stats["p25"] <= stats["median"] <= stats["p75"]
+        assert variant["latency_ms"] > 0 and variant["peak_host_mib"] > 100
+    assert se["parameters"] - plain["parameters"] == 2_530_992  # the SE blocks of ResNet-50
+    assert keras["train_synthetic"]["median"] > 0 and keras["peak_host_mib"] > 100
+    rows = report["ratios"]
+    assert rows["plain"]["train_time_vs_first"] == 1.0
+    assert rows["configured"]["pipeline_vs_training"] == pytest.approx(
+        se["pipeline"]["median"] / se["train_synthetic"]["median"]
+    )
+    assert "host_memory_vs_keras_fit" in rows["configured"]
+    assert report["startup_seconds"]["help"] > 0
+    assert "images/s: median" in result.stdout and "keras.applications + fit" in result.stdout
