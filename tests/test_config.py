@@ -10,7 +10,11 @@ from tests.helpers import compose_config, make_config
 
 @pytest.mark.parametrize(
     "group_option",
-    [f"{group}={option}" for group, options in config_groups().items() for option in options],
+    [
+        f"{'+' if group == 'experiment' else ''}{group}={option}"  # experiments are added
+        for group, options in config_groups().items()
+        for option in options
+    ],
 )
 def test_every_shipped_config_option_composes_and_validates(group_option):
     required = {"data=folder": ["data.path=/images"], "data=tfds": ["data.name=mnist"]}
@@ -85,6 +89,8 @@ def test_invalid_values_are_rejected_with_key_value_and_allowed(overrides, expec
         (["-m", "model=se_resnet20,se_resnet21"], "unknown value 'se_resnet21'"),
         (["trainer.epoch=3"], "key trainer: unknown value 'epoch'. Allowed:"),
         (["trainer.epochs.x=3"], "trainer.epochs has no sub-keys"),
+        (["+experiment=table22"], "experiment: unknown value 'table22'. Allowed:"),
+        (["+extra=1"], "key <root>: unknown value 'extra'"),
         (["trainer.epochs=many"], "trainer.epochs: Value 'many' of type 'str' could not be"),
         (["-m", "trainer.seed=1,x"], "trainer.seed"),
     ],
@@ -104,7 +110,8 @@ def test_every_value_of_a_sweep_is_validated_before_any_job_runs():
 
 def test_valid_command_lines_pass_the_override_check():
     check_overrides(["-m", "model=se_resnet20,se_resnet50", "model.attention.ratio=4,16"])
-    check_overrides(["hydra.run.dir=/tmp/x", "+extra=1", "trainer.seed=3"])
+    check_overrides(["hydra.run.dir=/tmp/x", "+experiment=table2", "trainer.seed=3"])
+    check_overrides(['+bench.variants.bf16=["trainer.precision=mixed_bfloat16"]'])
 
 
 def test_check_key_walks_nested_sections():

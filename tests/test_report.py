@@ -11,6 +11,7 @@ import pytest
 from sectrain.reporting.report import main as report_main
 from sectrain.train import RunStopped, train
 from tests.helpers import make_config
+from tests.test_faults import DIVERGING
 
 QUICK = ("trainer.epochs=2", "trainer.global_batch_size=256", "logger.tensorboard=false")
 
@@ -26,8 +27,7 @@ def runs(tmp_path_factory):
             root / str(number),
         )
     with pytest.raises(RunStopped):
-        diverging = ("optimizer.lr=100", "schedule=constant", "trainer.global_batch_size=32")
-        train(make_config(*diverging, "logger.tensorboard=false"), root.parent / "diverged")
+        train(make_config(*DIVERGING, "logger.tensorboard=false"), root.parent / "diverged")
     # a run killed before its end: what remains has no summary.json
     shutil.copytree(root / "0", root / "5")
     (root / "5" / "summary.json").unlink()

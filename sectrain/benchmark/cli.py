@@ -220,3 +220,7 @@ def main():
     except ConfigError as error:
         fail(error)
     run()
+
+
+if __name__ == "__main__":
+    main()
