@@ -83,7 +83,8 @@ class SqueezeExcite(layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         pool = layers.GlobalAveragePooling2D if self.squeeze == "avg" else layers.GlobalMaxPooling2D
-        self.pool = pool(keepdims=True, dtype=self.dtype_policy, name="squeeze")
+        # the FC layers work on (batch, channels): one matmul each, no reshapes around it
+        self.pool = pool(dtype=self.dtype_policy, name="squeeze")
         self.reduce = layers.Dense(
             self.reduced_channels(channels),
             activation="relu",
@@ -100,13 +101,13 @@ class SqueezeExcite(layers.Layer):
             dtype=self.dtype_policy,
             name="expand",
         )
-        pooled_shape = (input_shape[0], 1, 1, channels)
         self.pool.build(input_shape)
-        self.reduce.build(pooled_shape)
-        self.expand.build(pooled_shape[:-1] + (self.reduced_channels(channels),))
+        self.reduce.build((input_shape[0], channels))
+        self.expand.build((input_shape[0], self.reduced_channels(channels)))
 
     def call(self, inputs):
-        return inputs * self.expand(self.reduce(self.pool(inputs)))
+        gates = self.expand(self.reduce(self.pool(inputs)))
+        return inputs * gates[:, None, None, :]
 
     def count_flops(self, input_shape):
         """Multiply-adds for one image: one per FC weight (on the squeezed 1x1 map) and
