@@ -155,12 +155,18 @@ def run(cfg) -> float:
         sys.exit(stopped.exit_code)
 
 
-def main():
+def run_checked(app):
+    """Checks the command line's overrides (a mistake exits 2 before Hydra starts), then
+    runs the Hydra `app`."""
     try:
         check_overrides(sys.argv[1:])
     except ConfigError as error:
         fail(error)
-    run()
+    app()
+
+
+def main():
+    run_checked(run)
 
 
 if __name__ == "__main__":

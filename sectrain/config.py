@@ -144,10 +144,10 @@ class BenchConfig:
     """What `sectrain-bench` measures; the trainer ignores it."""
 
     # variant name -> key=value overrides of the config; ratios compare with the first
-    variants: dict[str, list[str]] = field(
-        default_factory=lambda: {"plain": ["model.attention.kind=none"], "configured": []}
-    )
+    # (conf/config.yaml sets plain and configured, which ~bench.variants.NAME removes)
+    variants: dict[str, list[str]] = field(default_factory=dict)
     keras_fit: bool = True  # also the keras.applications counterpart trained by model.fit
+    rounds: int = 1  # measure all variants this many times; report medians over rounds
     warmup_steps: int = 3  # untimed training steps first (tracing, compilation)
     timed_steps: int = 20  # timed training steps, in calls of trainer.steps_per_call
     real_data: bool = True  # also train on the configured input pipeline
@@ -315,7 +315,7 @@ def _check(c: Config):
     b = c.bench
     if not b.variants:
         raise ConfigError("bench.variants: give at least one, e.g. {configured: []}")
-    for key in ("warmup_steps", "timed_steps", "inference_batch", "inference_calls"):
+    for key in ("rounds", "warmup_steps", "timed_steps", "inference_batch", "inference_calls"):
         _at_least(f"bench.{key}", getattr(b, key), 1)
     _at_least("bench.pipeline_batches", b.pipeline_batches, 0)
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sectrain.benchmark.cli import KERAS_FIT, ratios, variant_configs
+from sectrain.benchmark.cli import KERAS_FIT, median_over, ratios, variant_configs
 from sectrain.errors import ConfigError
 from tests.helpers import make_config
 
@@ -21,6 +21,14 @@ def test_variants_are_the_config_with_their_overrides_then_keras_fit():
     assert keras_config is plain_config  # keras.applications is compared with the plain net
     # a model without a keras.applications counterpart has no such variant
     assert [name for name, *_ in variant_configs(make_config())] == ["plain", "configured"]
+    # variants are removed and added by name
+    config = make_config(
+        "~bench.variants.plain", '+bench.variants.xla=["trainer.jit_compile=true"]'
+    )
+    assert [(name, c.trainer.jit_compile) for name, _, c in variant_configs(config)] == [
+        ("configured", None),
+        ("xla", True),
+    ]
 
 
 def test_a_bad_variant_is_a_config_error_naming_it():
@@ -59,7 +67,7 @@ def test_bench_measures_se_plain_and_keras_fit_side_by_side(tmp_path):
             sys.executable,
             "-m",
             "sectrain.benchmark.cli",
-            "model=se_resnet50",
+            "model=se_mobilenet",  # has a keras.applications counterpart, builds fast
             "trainer.global_batch_size=8",
             "bench.warmup_steps=1",
             "bench.timed_steps=2",
@@ -80,7 +88,7 @@ def test_bench_measures_se_plain_and_keras_fit_side_by_side(tmp_path):
             stats = variant[key]
             assert 0 < stats["p25"] <= stats["median"] <= stats["p75"]
         assert variant["latency_ms"] > 0 and variant["peak_host_mib"] > 100
-    assert se["parameters"] - plain["parameters"] == 2_530_992  # the SE blocks of ResNet-50
+    assert se["parameters"] > plain["parameters"] == keras["parameters"]
     assert keras["train_synthetic"]["median"] > 0 and keras["peak_host_mib"] > 100
     rows = report["ratios"]
     assert rows["plain"]["train_time_vs_first"] == 1.0
@@ -90,3 +98,13 @@ def test_bench_measures_se_plain_and_keras_fit_side_by_side(tmp_path):
     assert "host_memory_vs_keras_fit" in rows["configured"]
     assert report["startup_seconds"]["help"] > 0
     assert "images/s: median" in result.stdout and "keras.applications + fit" in result.stdout
+
+
+def test_rounds_combine_by_their_median_and_a_failure_stays_a_failure():
+    rounds = [
+        {"train": {"median": 5.0}, "parameters": 7, "devices": []},
+        {"train": {"median": 9.0}, "parameters": 7, "devices": []},
+        {"train": {"median": 6.0}, "parameters": 7, "devices": []},
+    ]
+    assert median_over(rounds) == {"train": {"median": 6.0}, "parameters": 7, "devices": []}
+    assert median_over([rounds[0], {"error": "killed"}]) == {"error": "killed"}

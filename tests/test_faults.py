@@ -106,6 +106,7 @@ def test_sigkill_while_saving_every_step_loses_nothing(reference, tmp_path):
     assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_reports_interrupted_and_resumes(reference, tmp_path):
     process = start(tmp_path, "trainer.checkpoint_every_steps=4")
     wait_for_checkpoint(tmp_path, process, 4)

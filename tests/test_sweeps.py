@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from sectrain.cli import gpu_for_job
@@ -23,6 +24,7 @@ def test_parallel_launcher_runs_each_job_in_its_own_process(tmp_path):
     assert all(s["status"] == "completed" for s in summaries)
 
 
+@pytest.mark.slow
 def test_optuna_search_tunes_lr_weight_decay_and_ratio(tmp_path):
     result = sectrain(
         "-m",

@@ -14,6 +14,7 @@ memory. Prints a table and writes bench.json to the run folder.
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from sectrain.cli import CONFIG_DIR, check_overrides, fail
+from sectrain.cli import CONFIG_DIR, fail, run_checked
 from sectrain.config import check_value, validate
 from sectrain.errors import ConfigError
 
@@ -83,6 +84,24 @@ def measure(name, runner, config, folder, console):
     return json.loads(result_path.read_text())
 
 
+def median_over(values):
+    """The element-wise median of results of the same structure (one per round);
+    a failure in any round is the result."""
+    failed = [v for v in values if isinstance(v, dict) and "error" in v]
+    if failed:
+        return failed[0]
+    first = values[0]
+    if all(v == first for v in values):
+        return first
+    if isinstance(first, dict):
+        return {
+            k: median_over([v[k] for v in values]) for k in first if all(k in v for v in values)
+        }
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return statistics.median(values)
+    return first
+
+
 def startup_seconds():
     """Wall seconds of `sectrain --help` and of a configuration error."""
     seconds = {}
@@ -131,7 +150,7 @@ def ratios(results):
     return table
 
 
-def show(results, rows, console):
+def show(results, rows, rounds, console):
     """One column per variant, one row per measurement."""
 
     def number(value):
@@ -154,7 +173,10 @@ def show(results, rows, console):
         ("peak GPU memory, MiB", "peak_gpu_mib", "{:,.0f}".format),
         ("trainable parameters", "parameters", "{:,}".format),
     )
-    table = Table(title="images/s: median (25th-75th percentile) over the timed calls")
+    table = Table(
+        title="images/s: median (25th-75th percentile) over the timed calls"
+        + (f"; each the median over {rounds} rounds" if rounds > 1 else "")
+    )
     table.add_column("")
     for name in results:
         table.add_column(name, justify="right")
@@ -192,9 +214,17 @@ def run(cfg):
         f"variants: {', '.join(name for name, *_ in variants)}",
         highlight=False,
     )
-    results = {name: measure(name, runner, c, folder, console) for name, runner, c in variants}
-    rows = ratios(results)
-    show(results, rows, console)
+    rounds = []
+    for number in range(config.bench.rounds):
+        round_folder = folder / f"round_{number}" if config.bench.rounds > 1 else folder
+        round_folder.mkdir(exist_ok=True)
+        rounds.append(
+            {name: measure(name, runner, c, round_folder, console) for name, runner, c in variants}
+        )
+    results = {name: median_over([r[name] for r in rounds]) for name in rounds[0]}
+    # each round's variants ran back to back: take the ratios within rounds, then the median
+    rows = median_over([ratios(r) for r in rounds])
+    show(results, rows, config.bench.rounds, console)
     startup = startup_seconds()
     console.print(
         f"start-up: sectrain --help {startup['help']:.2f} s, a config error "
@@ -206,6 +236,7 @@ def run(cfg):
         "config": OmegaConf.to_container(OmegaConf.structured(config)),
         "variants": results,
         "ratios": rows,
+        "rounds": rounds if len(rounds) > 1 else None,
         "startup_seconds": startup,
     }
     (folder / "bench.json").write_text(json.dumps(report, indent=2))
@@ -215,11 +246,7 @@ def run(cfg):
 
 
 def main():
-    try:
-        check_overrides(sys.argv[1:])
-    except ConfigError as error:
-        fail(error)
-    run()
+    run_checked(run)
 
 
 if __name__ == "__main__":
