@@ -223,3 +223,15 @@ def test_recipe_settings_out_of_range_are_config_errors(override, message):
 def test_experiment_folder_is_listed():
     assert {"imagenet_recipe", "cifar_recipe", "digits_se_vs_plain"} <= set(EXPERIMENTS)
     assert Path(CONFIG_DIR / "data" / "imagenet.yaml").is_file()
+
+
+def test_imagenet_without_its_archives_says_where_they_go(tmp_path):
+    from sectrain.errors import ConfigError
+
+    config = make_config(
+        "data=imagenet", f"data.data_dir={tmp_path}/tfds", f"data.manual_dir={tmp_path}/manual"
+    )
+    with pytest.raises(
+        ConfigError, match="(?s)'imagenet2012' could not be prepared.*ILSVRC2012_img_train.tar"
+    ):
+        load_source(config.data)

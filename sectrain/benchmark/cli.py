@@ -196,7 +196,7 @@ def show(results, rows, rounds, console):
     console.print(table)
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="bench", version_base="1.3")
 def run(cfg):
     console = Console()
     try:

@@ -20,6 +20,7 @@ from sectrain.benchmark.cli import KERAS_APPLICATIONS
 from sectrain.config import validate
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
+from sectrain.models.profile import count_parameters
 from sectrain.train import build_trainer, start_session, use_jit
 
 
@@ -128,7 +129,7 @@ def measure_sectrain(config, source):
             t.global_batch_size, timed(lambda: next(batches), bench.pipeline_batches)
         )
 
-    result["parameters"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    result["parameters"] = count_parameters(model)[0]
     return result
 
 
@@ -177,7 +178,7 @@ def measure_keras_fit(config, source):
     seconds = np.diff(timer.ends[warmup - 1 :])
     result = {"train_synthetic": rate_stats(t.steps_per_call * t.global_batch_size, seconds)}
     result["peak_host_mib"], result["peak_gpu_mib"] = peak_memory()
-    result["parameters"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    result["parameters"] = count_parameters(model)[0]
     return result
 
 

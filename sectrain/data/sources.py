@@ -79,7 +79,10 @@ def load_tfds(data):
             "(see https://www.tensorflow.org/datasets/catalog)"
         ) from None
     manual = tfds.download.DownloadConfig(manual_dir=data.manual_dir) if data.manual_dir else None
-    builder.download_and_prepare(download_config=manual)
+    try:
+        builder.download_and_prepare(download_config=manual)
+    except (AssertionError, OSError) as error:  # e.g. archives missing from manual_dir
+        raise ConfigError(f"data.name: {data.name!r} could not be prepared: {error}") from None
     info = builder.info
     if "image" not in info.features or "label" not in info.features:
         raise ConfigError(f"data.name: {data.name!r} has no 'image' and 'label' features")

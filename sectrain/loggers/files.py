@@ -38,17 +38,21 @@ RESUMABLE_CHANGES = (
 )
 
 
+def flatten(config, prefix=""):
+    """{"a": {"b": [1]}} -> {"a.b": (1,)}: dotted keys, lists as tuples (so that values
+    compare and hash); an empty section adds nothing."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
 def changed_keys(old_yaml, new_yaml):
     """The dotted keys whose values differ between two configs (as YAML)."""
-
-    def flat(node, prefix=""):
-        if not isinstance(node, dict):
-            return {prefix[:-1]: node}
-        return {
-            k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()
-        }
-
-    old, new = flat(yaml.safe_load(old_yaml) or {}), flat(yaml.safe_load(new_yaml) or {})
+    old, new = flatten(yaml.safe_load(old_yaml) or {}), flatten(yaml.safe_load(new_yaml) or {})
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 

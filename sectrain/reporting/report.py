@@ -26,13 +26,23 @@ class Row:
 
     label: str
     runs: list
-    top1_error: list  # % per completed run, final epoch
-    top5_error: list
     published: object  # a `Published` row, or None
 
     @property
     def completed(self):
         return [run for run in self.runs if run.completed]
+
+    def errors(self, metric):
+        """% error of each completed run at its final epoch ("val_top1" or "val_top5")."""
+        return [100 * (1 - run.summary["final"][metric]) for run in self.completed]
+
+    @property
+    def top1_error(self):
+        return self.errors("val_top1")
+
+    @property
+    def top5_error(self):
+        return self.errors("val_top5")
 
     def first(self, key):
         """A summary value of the first completed run (the same for all of its seeds)."""
@@ -63,16 +73,8 @@ def group_runs(runs):
     for setting, members in zip(settings, groups.values()):
         shown = varying or ["model.name", "model.attention.kind"]
         label = ", ".join(f"{k.removeprefix('model.')}={_text(setting.get(k))}" for k in shown)
-        done = [run for run in members if run.completed]
-        rows.append(
-            Row(
-                label=label,
-                runs=members,
-                top1_error=[100 * (1 - run.summary["final"]["val_top1"]) for run in done],
-                top5_error=[100 * (1 - run.summary["final"]["val_top5"]) for run in done],
-                published=lookup(members[0].config.get("paper"), members[0].config),
-            )
-        )
+        published = lookup(members[0].config.get("paper"), members[0].config)
+        rows.append(Row(label, members, published))
     return rows
 
 
@@ -281,7 +283,7 @@ def main(argv=None):
     out_dir = Path(args.out or args.paths[0])
     for path in args.paths:
         if not Path(path).is_dir():
-            fail(f"{path!r}: no such folder")
+            fail(f"{path!r} is not a folder (give run folders or folders holding runs)")
     try:
         report(args.paths, out_dir, Console())
     except (ConfigError, OSError) as error:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from sectrain.loggers.files import flatten
+
 # Settings that do not change what a run measures: runs that differ only in these are
 # repeats of one configuration (the seed is what repeats vary).
 NOT_CONFIGURATION = (
@@ -44,30 +46,6 @@ class Run:
     @property
     def completed(self):
         return self.status == "completed" and bool(self.summary.get("final"))
-
-    @property
-    def seed(self):
-        return self.config.get("trainer", {}).get("seed")
-
-    def setting(self, key):
-        """The value of a dotted config key, or None."""
-        node = self.config
-        for part in key.split("."):
-            if not isinstance(node, dict):
-                return None
-            node = node.get(part)
-        return node
-
-
-def flatten(config, prefix=""):
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become tuples, so values compare and hash."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):  # an empty one (no model.options) adds nothing
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return flat
 
 
 def configuration(run):
