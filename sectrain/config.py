@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sectrain.errors import ConfigError, unknown_choice
 
 ATTENTION_KINDS = ("none", "se", "sse", "scse", "eca")  # = the registered layers (tested)
-SQUEEZES = ("avg", "max")
+SQUEEZES = ("avg", "max", "none")
 GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
 PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")
 DATA_SOURCES = ("digits", "tfds", "folder", "synthetic")
@@ -32,7 +32,7 @@ class AttentionConfig:
     kind: str = "se"  # attention block: none | se | sse | scse | eca
     ratio: int = 16  # reduction ratio r of the first FC layer
     min_channels: int = 1  # lower bound on the reduced width
-    squeeze: str = "avg"  # avg | max
+    squeeze: str = "avg"  # avg | max | none (NoSqueeze, Table 16)
     gate: str = "sigmoid"  # sigmoid | hard_sigmoid | tanh | relu
     use_bias: bool = True  # biases in the FC layers
     placement: str = "standard"  # standard | pre | post | identity (Fig. 5) | 3x3 (Table 14)

@@ -15,7 +15,11 @@ from sectrain.layers.attention import (
 
 def excitation(layer, x):
     """The gates computed by hand from the layer's own weights."""
-    pooled = x.mean(axis=(1, 2)) if layer.squeeze == "avg" else x.max(axis=(1, 2))
+    pooled = {
+        "avg": x.mean(axis=(1, 2), keepdims=True),
+        "max": x.max(axis=(1, 2), keepdims=True),
+        "none": x,  # NoSqueeze: the FC layers act at every position
+    }[layer.squeeze]
     hidden = np.maximum(pooled @ layer.reduce.kernel.numpy() + layer.reduce.bias.numpy(), 0)
     z = hidden @ layer.expand.kernel.numpy() + layer.expand.bias.numpy()
     gate = {
@@ -24,10 +28,10 @@ def excitation(layer, x):
         "tanh": np.tanh,
         "relu": lambda v: np.maximum(v, 0),
     }[layer.gate]
-    return gate(z)[:, None, None, :]
+    return gate(z)
 
 
-@pytest.mark.parametrize("squeeze", ["avg", "max"])
+@pytest.mark.parametrize("squeeze", ["avg", "max", "none"])
 @pytest.mark.parametrize("gate", GATES)
 def test_output_is_input_times_documented_gate(squeeze, gate):
     x = np.random.default_rng(0).normal(size=(3, 5, 5, 32)).astype("float32")
@@ -75,9 +79,10 @@ def test_get_config_returns_constructor_arguments_and_round_trips():
     assert SqueezeExcite.from_config(config).get_config() == config
 
 
-def test_saved_model_loads_without_custom_objects_and_gives_same_outputs(tmp_path):
+@pytest.mark.parametrize("squeeze", ["avg", "none"])
+def test_saved_model_loads_without_custom_objects_and_gives_same_outputs(squeeze, tmp_path):
     inputs = keras.Input((6, 6, 16))
-    outputs = SqueezeExcite(ratio=4, gate="hard_sigmoid", name="se")(
+    outputs = SqueezeExcite(ratio=4, squeeze=squeeze, gate="hard_sigmoid", name="se")(
         keras.layers.Conv2D(16, 3)(inputs)
     )
     model = keras.Model(inputs, outputs)

@@ -158,11 +158,23 @@ def up_to_tenth(count):
         ({"stages": [2]}, 25.6),
         ({"stages": [3]}, 25.7),
         ({"stages": [4]}, 26.4),
-        ({"placement": "3x3"}, 25.8),  # Table 14, SE 3x3
     ],
 )
-def test_se_resnet50_ablation_sizes_match_tables_10_11_and_14(attention, millions):
+def test_se_resnet50_ablation_sizes_match_tables_10_and_13(attention, millions):
     model = built("resnet50", {**SE, **attention}, num_classes=1000)
+    assert up_to_tenth(count_parameters(model)[0]) == millions
+
+
+@pytest.mark.parametrize(
+    "attention, gflops, millions",
+    [
+        ({"placement": "3x3"}, 3.86, 25.8),  # Table 15, SE 3x3
+        ({"squeeze": "none"}, 4.27, 28.1),  # Table 16, NoSqueeze: FCs at every position
+    ],
+)
+def test_se_3x3_and_nosqueeze_match_tables_15_and_16(attention, gflops, millions):
+    model = built("resnet50", {**SE, **attention}, 1000, (224, 224, 3))
+    assert round(count_flops(model) / 1e9, 2) == gflops
     assert up_to_tenth(count_parameters(model)[0]) == millions
 
 

@@ -28,7 +28,9 @@ ATTENTION_LAYERS = Registry("model.attention.kind")
 #   tanh          tanh(z)                      (paper's ablation, Table 12)
 #   relu          max(z, 0)                    (paper's ablation, Table 12)
 GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
-SQUEEZES = ("avg", "max")
+# "none" is the paper's NoSqueeze ablation (Table 16): no pooling, the FC layers act as
+# 1x1 convolutions at every position, so each position gets its own gates.
+SQUEEZES = ("avg", "max", "none")
 
 
 @ATTENTION_LAYERS.register("se")
@@ -43,7 +45,8 @@ class SqueezeExcite(layers.Layer):
     Args:
         ratio: int, reduction ratio r of the first FC layer (the paper uses 16).
         min_channels: int, lower bound on the reduced width `channels // ratio`.
-        squeeze: str, global pooling of the squeeze: "avg" or "max".
+        squeeze: str, global pooling of the squeeze: "avg", "max", or "none" for no
+            squeeze (the FC layers then act as 1x1 convolutions at every position).
         gate: str, activation of the excitation; one of `GATES`.
         use_bias: bool, whether the FC layers have biases (they do in the paper's
             released models; its ablations drop them).
@@ -82,9 +85,16 @@ class SqueezeExcite(layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        pool = layers.GlobalAveragePooling2D if self.squeeze == "avg" else layers.GlobalMaxPooling2D
-        # the FC layers work on (batch, channels): one matmul each, no reshapes around it
-        self.pool = pool(dtype=self.dtype_policy, name="squeeze")
+        # after a squeeze the FC layers work on (batch, channels): one matmul each, no
+        # reshapes; without one, Dense on the last axis is a 1x1 convolution
+        if self.squeeze == "none":
+            self.pool = None
+            fc_input = input_shape[:-1]
+        else:
+            pool = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
+            self.pool = pool[self.squeeze](dtype=self.dtype_policy, name="squeeze")
+            self.pool.build(input_shape)
+            fc_input = input_shape[:1]
         self.reduce = layers.Dense(
             self.reduced_channels(channels),
             activation="relu",
@@ -101,19 +111,23 @@ class SqueezeExcite(layers.Layer):
             dtype=self.dtype_policy,
             name="expand",
         )
-        self.pool.build(input_shape)
-        self.reduce.build((input_shape[0], channels))
-        self.expand.build((input_shape[0], self.reduced_channels(channels)))
+        self.reduce.build((*fc_input, channels))
+        self.expand.build((*fc_input, self.reduced_channels(channels)))
 
     def call(self, inputs):
+        if self.pool is None:
+            return inputs * self.expand(self.reduce(inputs))
         gates = self.expand(self.reduce(self.pool(inputs)))
         return inputs * gates[:, None, None, :]
 
     def count_flops(self, input_shape):
-        """Multiply-adds for one image: one per FC weight (on the squeezed 1x1 map) and
-        one per element for the rescale; the squeeze's pooling only adds."""
+        """Multiply-adds for one image: one per FC weight at every position it is applied
+        (one after a squeeze, every position without) and one per element for the
+        rescale; the squeeze's pooling only adds."""
         _, height, width, channels = input_shape
-        return height * width * channels + 2 * channels * self.reduced_channels(channels)
+        positions = height * width if self.squeeze == "none" else 1
+        fc = 2 * channels * self.reduced_channels(channels)
+        return height * width * channels + positions * fc
 
     def compute_output_shape(self, input_shape):
         return input_shape
