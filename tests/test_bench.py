@@ -1,4 +1,4 @@
-"""sectrain-bench: variants measured side by side, each in its own process."""
+"""sectrain-bench: variants timed side by side in one process, resources each in its own."""
 
 import json
 import subprocess
@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
+from sectrain.benchmark import cli
 from sectrain.benchmark.cli import KERAS_FIT, median_over, ratios, variant_configs
+from sectrain.benchmark.measure import timed_in_turns
 from sectrain.errors import ConfigError
 from tests.helpers import make_config
 
@@ -108,3 +110,38 @@ def test_rounds_combine_by_their_median_and_a_failure_stays_a_failure():
     ]
     assert median_over(rounds) == {"train": {"median": 6.0}, "parameters": 7, "devices": []}
     assert median_over([rounds[0], {"error": "killed"}]) == {"error": "killed"}
+
+
+def test_timed_calls_take_turns_reversing_every_other_turn():
+    order = []
+    calls = [(lambda name=name: order.append(name), count) for name, count in (("a", 3), ("b", 2))]
+    seconds = timed_in_turns(calls)
+    assert order == ["a", "b", "b", "a", "a"]
+    assert [len(s) for s in seconds] == [3, 2] and all(t >= 0 for s in seconds for t in s)
+
+
+def test_variants_sharing_session_settings_are_timed_in_one_process(monkeypatch, tmp_path):
+    config = make_config(
+        "model=se_resnet50",
+        '+bench.variants.ratio8=["model.attention.ratio=8"]',
+        '+bench.variants.bf16=["trainer.precision=mixed_bfloat16"]',
+    )
+    processes = []
+
+    def fake_measure(kind, named_configs, folder, console):
+        processes.append((kind, [name for name, _ in named_configs]))
+        return {name: {kind: True} for name, _ in named_configs}
+
+    monkeypatch.setattr(cli, "measure", fake_measure)
+    results = cli.measure_round(variant_configs(config), tmp_path, console=None)
+    assert processes == [
+        ("speed", ["plain", "configured", "ratio8"]),
+        ("speed", ["bf16"]),
+        ("resources", ["plain"]),
+        ("resources", ["configured"]),
+        ("resources", ["ratio8"]),
+        ("resources", ["bf16"]),
+        ("keras_fit", [KERAS_FIT]),
+    ]
+    assert results["ratio8"] == {"speed": True, "resources": True}
+    assert results[KERAS_FIT] == {"keras_fit": True}

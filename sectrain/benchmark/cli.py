@@ -1,5 +1,5 @@
 """`sectrain-bench`: training and inference throughput of a config and its variants,
-measured side by side in one run, each variant in a process of its own.
+measured side by side in one run.
 
     sectrain-bench model=se_resnet50 data=synthetic_imagenet trainer.global_batch_size=32
 
@@ -8,7 +8,10 @@ variant (by default: the configured model with attention off, then as configured
 its keras.applications counterpart trained by model.fit) it measures training images/s
 on a synthetic batch kept on the device and on the real input pipeline, the input
 pipeline alone, inference latency at batch 1 and throughput at a large batch, and peak
-memory. Prints a table and writes bench.json to the run folder.
+memory. The variants' training and inference calls are timed in turns in one process
+(variants that change a setting of SESSION_SETTINGS get a process per setting); the
+memory and the input pipeline of each variant are measured in a process of its own.
+Prints a table and writes bench.json to the run folder.
 """
 
 import json
@@ -67,21 +70,54 @@ def variant_configs(config):
     return variants
 
 
-def measure(name, runner, config, folder, console):
-    """Runs one variant's measurements in a fresh process; returns its results."""
-    config_path = folder / f"{name}.yaml".replace(" ", "_")
-    result_path = config_path.with_suffix(".json")
-    config_path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-    command = [sys.executable, "-m", "sectrain.benchmark.measure"]
-    with console.status(f"measuring {name} ..."):
+# trainer settings that `start_session` makes for a whole process
+SESSION_SETTINGS = ("strategy", "precision", "deterministic", "seed")
+
+
+def measure(kind, named_configs, folder, console):
+    """Runs measurement `kind` (see sectrain.benchmark.measure) of the (name, config)
+    pairs in a fresh process; returns {name: results}, an error for each if it failed."""
+    config_paths = []
+    for name, config in named_configs:
+        config_paths.append(folder / f"{name}.yaml".replace(" ", "_"))
+        config_paths[-1].write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    names = [name for name, _ in named_configs]
+    result_path = folder / f"{kind}_{config_paths[0].stem}.json"
+    command = [sys.executable, "-m", "sectrain.benchmark.measure", kind, str(result_path)]
+    with console.status(f"measuring {kind}: {', '.join(names)} ..."):
         process = subprocess.run(
-            [*command, str(config_path), runner, str(result_path)], capture_output=True, text=True
+            [*command, *map(str, config_paths)], capture_output=True, text=True
         )
     if process.returncode != 0:
         tail = "\n".join(process.stderr.strip().splitlines()[-5:])
-        console.print(f"[bold red]{name} failed[/] (exit {process.returncode}):\n{tail}")
-        return {"error": tail, "exit_code": process.returncode}
-    return json.loads(result_path.read_text())
+        console.print(
+            f"[bold red]{kind} of {', '.join(names)} failed[/] (exit {process.returncode}):\n{tail}"
+        )
+        return {name: {"error": tail, "exit_code": process.returncode} for name in names}
+    return dict(zip(names, json.loads(result_path.read_text())))
+
+
+def measure_round(variants, folder, console):
+    """Every variant's results: the speed of sectrain's variants side by side in one
+    process per group of SESSION_SETTINGS, and each variant's resources (or keras fit)
+    in a process of its own."""
+    groups = {}
+    for name, runner, config in variants:
+        if runner == "sectrain":
+            key = tuple(getattr(config.trainer, k) for k in SESSION_SETTINGS)
+            groups.setdefault(key, []).append((name, config))
+    speed = {}
+    for group in groups.values():
+        speed.update(measure("speed", group, folder, console))
+    results = {}
+    for name, runner, config in variants:
+        if runner == "keras_fit":
+            results.update(measure("keras_fit", [(name, config)], folder, console))
+            continue
+        resources = measure("resources", [(name, config)], folder, console)[name]
+        failed = [r for r in (speed[name], resources) if "error" in r]
+        results[name] = failed[0] if failed else {**speed[name], **resources}
+    return results
 
 
 def median_over(values):
@@ -218,9 +254,7 @@ def run(cfg):
     for number in range(config.bench.rounds):
         round_folder = folder / f"round_{number}" if config.bench.rounds > 1 else folder
         round_folder.mkdir(exist_ok=True)
-        rounds.append(
-            {name: measure(name, runner, c, round_folder, console) for name, runner, c in variants}
-        )
+        rounds.append(measure_round(variants, round_folder, console))
     results = {name: median_over([r[name] for r in rounds]) for name in rounds[0]}
     # each round's variants ran back to back: take the ratios within rounds, then the median
     rows = median_over([ratios(r) for r in rounds])

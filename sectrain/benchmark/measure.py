@@ -1,8 +1,16 @@
-"""Measures one benchmark variant in a process of its own, so that its peak memory is
-its own: `python -m sectrain.benchmark.measure CONFIG.yaml RUNNER RESULT.json`.
+"""Measures benchmark variants in processes of their own:
 
-RUNNER is `sectrain` (sectrain's model and training loop) or `keras_fit` (the model's
-keras.applications counterpart, compiled and trained with `model.fit`).
+    python -m sectrain.benchmark.measure KIND RESULT.json CONFIG.yaml [CONFIG.yaml ...]
+
+KIND is one of
+- `speed`: training and inference speed of sectrain's model and loop for every CONFIG,
+  all in one process with their timed calls taken in turns, so that a ratio between
+  variants is not skewed by the differences between processes (on a busy machine, up to
+  20%, more than the effects measured);
+- `resources`: one CONFIG's peak memory, its training on the configured input pipeline
+  and the input pipeline alone, in a process of its own so that the peak is its own;
+- `keras_fit`: one CONFIG's keras.applications counterpart, compiled and trained with
+  `model.fit`.
 """
 
 import json
@@ -31,14 +39,23 @@ def rate_stats(images, seconds):
     return {"median": statistics.median(rates), "p25": float(low), "p75": float(high)}
 
 
-def timed(call, calls):
-    """Seconds of each of `calls` calls of `call` (which returns once its work is done)."""
-    seconds = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - started)
+def timed_in_turns(calls):
+    """Seconds of each call of each `(call, count)` pair: `count` calls of `call` (which
+    returns once its work is done), taken in turns with the other pairs' calls, every other
+    turn in reverse order, so that a drift of the machine reaches every pair alike."""
+    seconds = [[] for _ in calls]
+    for turn in range(max(count for _, count in calls)):
+        order = list(enumerate(calls))
+        for index, (call, count) in order if turn % 2 == 0 else reversed(order):
+            if turn < count:
+                started = time.perf_counter()
+                call()
+                seconds[index].append(time.perf_counter() - started)
     return seconds
+
+
+def timed(call, count):
+    return timed_in_turns([(call, count)])[0]
 
 
 def peak_memory():
@@ -76,51 +93,93 @@ class DeviceBatch:
         return self.batch
 
 
-def train_rate(loop, iterator, bench, steps_per_call, global_batch):
-    """Warms up, then times training calls; returns the images/s statistics."""
-    per_call = tf.constant(steps_per_call)
-    calls = max(1, bench.timed_steps // steps_per_call)
+class Trainee:
+    """One variant's model and training loop, with what its timed calls need: a training
+    call on a synthetic batch kept on the device, and inference at a given batch."""
 
-    def call():
-        loop.train_steps(iterator, per_call)
-        loop.results("train")  # waits for the step to finish
+    def __init__(self, config, strategy, source):
+        self.config, self.source = config, source
+        t = config.trainer
+        self.model, _, self.loop = build_trainer(config, strategy, source, steps_per_epoch=1000)
+        self.device_batch = DeviceBatch(
+            strategy, t.global_batch_size, source.image_shape, source.num_classes
+        )
+        self.steps_per_call = tf.constant(t.steps_per_call)
+        self.predict = tf.function(
+            lambda x: self.model(x, training=False), jit_compile=use_jit(t.jit_compile)
+        )
 
-    timed(call, max(1, bench.warmup_steps // steps_per_call))
-    return rate_stats(steps_per_call * global_batch, timed(call, calls))
+    def train_call(self, iterator=None):
+        """Returns a call that trains steps_per_call steps and waits for them."""
+
+        def call():
+            self.loop.train_steps(iterator or self.device_batch, self.steps_per_call)
+            self.loop.results("train")
+
+        return call
+
+    def predict_call(self, batch):
+        images = tf.random.normal([batch, *self.source.image_shape])
+        return lambda: self.predict(images).numpy()
+
+    def train_calls(self, count):
+        """How many calls make `count` training steps (at least one)."""
+        return max(1, count // self.config.trainer.steps_per_call)
+
+    def train_rate(self, seconds):
+        t = self.config.trainer
+        return rate_stats(t.steps_per_call * t.global_batch_size, seconds)
 
 
-def measure_sectrain(config, source):
+def measure_speed(configs, sources):
+    """Training images/s on a synthetic batch, latency at batch 1 and inference
+    images/s of every config, their timed calls taken in turns. The configs share the
+    settings of `start_session` (the benchmark's command groups them so)."""
+    bench = configs[0].bench
+    strategy = start_session(configs[0].trainer)
+    trainees = [Trainee(c, strategy, s) for c, s in zip(configs, sources)]
+    for trainee in trainees:  # tracing and compilation
+        timed(trainee.train_call(), trainee.train_calls(bench.warmup_steps))
+        for batch in (1, bench.inference_batch):
+            timed(trainee.predict_call(batch), 2)
+    train = timed_in_turns(
+        [(trainee.train_call(), trainee.train_calls(bench.timed_steps)) for trainee in trainees]
+    )
+    latency = timed_in_turns([(t.predict_call(1), bench.inference_calls) for t in trainees])
+    throughput = timed_in_turns(
+        [(t.predict_call(bench.inference_batch), bench.inference_calls) for t in trainees]
+    )
+    return [
+        {
+            "train_synthetic": trainee.train_rate(train[i]),
+            "latency_ms": 1000 * statistics.median(latency[i]),
+            "inference": rate_stats(bench.inference_batch, throughput[i]),
+            "parameters": count_parameters(trainee.model)[0],
+        }
+        for i, trainee in enumerate(trainees)
+    ]
+
+
+def measure_resources(config, source):
+    """Peak memory of training on the synthetic batch, then training on the configured
+    input pipeline and the pipeline alone."""
     bench, t = config.bench, config.trainer
     strategy = start_session(t)
-    model, _, loop = build_trainer(config, strategy, source, steps_per_epoch=1000)
-    result = {}
     reset_gpu_peak()
-    device_batch = DeviceBatch(
-        strategy, t.global_batch_size, source.image_shape, source.num_classes
-    )
-    result["train_synthetic"] = train_rate(
-        loop, device_batch, bench, t.steps_per_call, t.global_batch_size
-    )
+    trainee = Trainee(config, strategy, source)
+    timed(trainee.train_call(), trainee.train_calls(bench.warmup_steps + bench.timed_steps))
+    result = {}
     result["peak_host_mib"], result["peak_gpu_mib"] = peak_memory()
-
-    # inference before any input pipeline runs: its background threads would compete
-    predict = tf.function(lambda x: model(x, training=False), jit_compile=use_jit(t.jit_compile))
-    for batch, key in ((1, "latency_ms"), (bench.inference_batch, "inference")):
-        images = tf.random.normal([batch, *source.image_shape])
-        timed(lambda images=images: predict(images).numpy(), 2)
-        seconds = timed(lambda images=images: predict(images).numpy(), bench.inference_calls)
-        if key == "latency_ms":
-            result[key] = 1000 * statistics.median(seconds)
-        else:
-            result[key] = rate_stats(batch, seconds)
 
     train_data, *_ = make_pipelines(source, config.data, t.global_batch_size, t.seed)
     if bench.real_data:
         iterator = iter(strategy.experimental_distribute_dataset(train_data))
-        result["train_real"] = train_rate(
-            loop, iterator, bench, t.steps_per_call, t.global_batch_size
+        call = trainee.train_call(iterator)
+        timed(call, trainee.train_calls(bench.warmup_steps))
+        result["train_real"] = trainee.train_rate(
+            timed(call, trainee.train_calls(bench.timed_steps))
         )
-        del iterator  # stops its prefetching before the pipeline is timed alone
+        del iterator, call  # stops its prefetching before the pipeline is timed alone
 
     if bench.pipeline_batches:  # the input pipeline alone, on the host
         batches = iter(train_data)
@@ -128,8 +187,6 @@ def measure_sectrain(config, source):
         result["pipeline"] = rate_stats(
             t.global_batch_size, timed(lambda: next(batches), bench.pipeline_batches)
         )
-
-    result["parameters"] = count_parameters(model)[0]
     return result
 
 
@@ -183,14 +240,23 @@ def measure_keras_fit(config, source):
 
 
 def main(argv=None):
-    config_path, runner, result_path = argv or sys.argv[1:]
-    config = validate(OmegaConf.load(config_path))
-    source = load_source(config.data)
-    measure = measure_keras_fit if runner == "keras_fit" else measure_sectrain
-    result = measure(config, source)
-    result["devices"] = [d.name for d in tf.config.list_logical_devices() if d.device_type != "CPU"]
+    kind, result_path, *config_paths = argv or sys.argv[1:]
+    configs = [validate(OmegaConf.load(path)) for path in config_paths]
+    loaded = {}  # a data config that several variants share is loaded once
+    for config in configs:
+        key = OmegaConf.to_yaml(config.data)
+        if key not in loaded:
+            loaded[key] = load_source(config.data)
+    sources = [loaded[OmegaConf.to_yaml(c.data)] for c in configs]
+    if kind == "speed":
+        results = measure_speed(configs, sources)
+    elif kind == "resources":
+        results = [measure_resources(configs[0], sources[0])]
+    else:
+        results = [measure_keras_fit(configs[0], sources[0])]
+    devices = [d.name for d in tf.config.list_logical_devices() if d.device_type != "CPU"]
     with open(result_path, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump([{**result, "devices": devices} for result in results], f, indent=2)
 
 
 if __name__ == "__main__":
