@@ -35,7 +35,7 @@ class AttentionConfig:
     squeeze: str = "avg"  # avg | max | none (NoSqueeze, Table 16)
     gate: str = "sigmoid"  # sigmoid | hard_sigmoid | tanh | relu
     use_bias: bool = True  # biases in the FC layers
-    placement: str = "standard"  # standard | pre | post | identity (Fig. 5) | 3x3 (Table 14)
+    placement: str = "standard"  # standard | pre | post | identity (Fig. 5) | 3x3 (Table 15)
     stages: list[int] | None = None  # stages with attention (2-5); null: all
     kernel_size: int | None = None  # eca: 1-D kernel across channels; null: adaptive
 

@@ -58,6 +58,11 @@ def timed(call, count):
     return timed_in_turns([(call, count)])[0]
 
 
+def calls_for(steps, trainer):
+    """How many calls of `trainer.steps_per_call` steps make `steps` (at least one)."""
+    return max(1, steps // trainer.steps_per_call)
+
+
 def peak_memory():
     """Peak resident memory of this process so far, and the GPU's peak since the last
     reset, in MiB (None without a GPU)."""
@@ -122,10 +127,6 @@ class Trainee:
         images = tf.random.normal([batch, *self.source.image_shape])
         return lambda: self.predict(images).numpy()
 
-    def train_calls(self, count):
-        """How many calls make `count` training steps (at least one)."""
-        return max(1, count // self.config.trainer.steps_per_call)
-
     def train_rate(self, seconds):
         t = self.config.trainer
         return rate_stats(t.steps_per_call * t.global_batch_size, seconds)
@@ -139,11 +140,14 @@ def measure_speed(configs, sources):
     strategy = start_session(configs[0].trainer)
     trainees = [Trainee(c, strategy, s) for c, s in zip(configs, sources)]
     for trainee in trainees:  # tracing and compilation
-        timed(trainee.train_call(), trainee.train_calls(bench.warmup_steps))
+        timed(trainee.train_call(), calls_for(bench.warmup_steps, trainee.config.trainer))
         for batch in (1, bench.inference_batch):
             timed(trainee.predict_call(batch), 2)
     train = timed_in_turns(
-        [(trainee.train_call(), trainee.train_calls(bench.timed_steps)) for trainee in trainees]
+        [
+            (trainee.train_call(), calls_for(bench.timed_steps, trainee.config.trainer))
+            for trainee in trainees
+        ]
     )
     latency = timed_in_turns([(t.predict_call(1), bench.inference_calls) for t in trainees])
     throughput = timed_in_turns(
@@ -167,7 +171,7 @@ def measure_resources(config, source):
     strategy = start_session(t)
     reset_gpu_peak()
     trainee = Trainee(config, strategy, source)
-    timed(trainee.train_call(), trainee.train_calls(bench.warmup_steps + bench.timed_steps))
+    timed(trainee.train_call(), calls_for(bench.warmup_steps + bench.timed_steps, t))
     result = {}
     result["peak_host_mib"], result["peak_gpu_mib"] = peak_memory()
 
@@ -175,10 +179,8 @@ def measure_resources(config, source):
     if bench.real_data:
         iterator = iter(strategy.experimental_distribute_dataset(train_data))
         call = trainee.train_call(iterator)
-        timed(call, trainee.train_calls(bench.warmup_steps))
-        result["train_real"] = trainee.train_rate(
-            timed(call, trainee.train_calls(bench.timed_steps))
-        )
+        timed(call, calls_for(bench.warmup_steps, t))
+        result["train_real"] = trainee.train_rate(timed(call, calls_for(bench.timed_steps, t)))
         del iterator, call  # stops its prefetching before the pipeline is timed alone
 
     if bench.pipeline_batches:  # the input pipeline alone, on the host
@@ -222,8 +224,8 @@ def measure_keras_fit(config, source):
             self.ends.append(time.perf_counter())
 
     timer = Timer()
-    calls = max(1, bench.timed_steps // t.steps_per_call)
-    warmup = max(1, bench.warmup_steps // t.steps_per_call)
+    calls = calls_for(bench.timed_steps, t)
+    warmup = calls_for(bench.warmup_steps, t)
     reset_gpu_peak()
     model.fit(
         data,
@@ -242,12 +244,12 @@ def measure_keras_fit(config, source):
 def main(argv=None):
     kind, result_path, *config_paths = argv or sys.argv[1:]
     configs = [validate(OmegaConf.load(path)) for path in config_paths]
-    loaded = {}  # a data config that several variants share is loaded once
+    loaded, sources = {}, []  # a data config that several variants share is loaded once
     for config in configs:
         key = OmegaConf.to_yaml(config.data)
         if key not in loaded:
             loaded[key] = load_source(config.data)
-    sources = [loaded[OmegaConf.to_yaml(c.data)] for c in configs]
+        sources.append(loaded[key])
     if kind == "speed":
         results = measure_speed(configs, sources)
     elif kind == "resources":
