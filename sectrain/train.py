@@ -289,15 +289,32 @@ def build_trainer(config, strategy, source, steps_per_epoch):
         optimizer,
         t.global_batch_size,
         l2_decay_rate(config.optimizer),
-        jit_compile=use_jit(t.jit_compile),
+        jit_compile=use_jit(t.jit_compile, strategy),
         label_smoothing=t.label_smoothing,
     )
     return model, optimizer, loop
 
 
-def use_jit(jit_compile):
-    """trainer.jit_compile, where null means XLA with a GPU and none on a CPU."""
-    return bool(tf.config.list_logical_devices("GPU")) if jit_compile is None else jit_compile
+def use_jit(jit_compile, strategy):
+    """trainer.jit_compile under `strategy`, where null means XLA with a GPU and none on
+    a CPU or with replicas kept in sync by a mirrored strategy.
+
+    Under MirroredStrategy and MultiWorkerMirroredStrategy the optimizer's update makes a
+    cross-replica `merge_call`, which TensorFlow refuses inside an XLA-compiled replica
+    step (TF 2.21 on a GPU; Keras's own `fit` turns XLA off under tf.distribute too).
+    """
+    mirrored = isinstance(
+        strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    )
+    if jit_compile is None:
+        return bool(tf.config.list_logical_devices("GPU")) and not mirrored
+    if jit_compile and mirrored:
+        raise ConfigError(
+            "trainer.jit_compile: XLA cannot compile the replica step under a mirrored "
+            "strategy (its optimizer update synchronises the replicas); use "
+            "trainer.jit_compile=null or false, or trainer.strategy=one_device"
+        )
+    return jit_compile
 
 
 def _save_model(model, path):

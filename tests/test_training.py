@@ -9,7 +9,8 @@ import tensorflow_datasets as tfds
 
 from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
-from sectrain.train import train
+from sectrain.train import train, use_jit
+from sectrain.training.strategy import make_strategy
 from tests.helpers import make_config, train_weights
 
 SE = {"kind": "se", "ratio": 4}
@@ -102,6 +103,16 @@ def test_cifar100_has_100_classes_under_mock_data(tmp_path):
 def test_global_batch_must_divide_across_replicas(tmp_path):
     config = make_config("trainer.strategy=mirrored", "trainer.global_batch_size=33")
     with pytest.raises(ConfigError, match="divisible by the 2 replicas"):
+        train(config, tmp_path)
+
+
+def test_xla_is_off_by_default_and_refused_under_a_mirrored_strategy(tmp_path):
+    mirrored, one_device = make_strategy("mirrored"), make_strategy("one_device")
+    assert use_jit(None, mirrored) is False
+    assert use_jit(None, one_device) is False  # no GPU here
+    assert use_jit(True, one_device) is True
+    config = make_config("trainer.strategy=mirrored", "trainer.jit_compile=true")
+    with pytest.raises(ConfigError, match="trainer.jit_compile: XLA cannot compile"):
         train(config, tmp_path)
 
 

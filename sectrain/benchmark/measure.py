@@ -111,7 +111,7 @@ class Trainee:
         )
         self.steps_per_call = tf.constant(t.steps_per_call)
         self.predict = tf.function(
-            lambda x: self.model(x, training=False), jit_compile=use_jit(t.jit_compile)
+            lambda x: self.model(x, training=False), jit_compile=use_jit(t.jit_compile, strategy)
         )
 
     def train_call(self, iterator=None):
@@ -207,7 +207,7 @@ def measure_keras_fit(config, source):
         model.compile(
             optimizer=keras.optimizers.SGD(config.optimizer.lr, momentum=config.optimizer.momentum),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=use_jit(t.jit_compile),
+            jit_compile=use_jit(t.jit_compile, strategy),
             steps_per_execution=t.steps_per_call,
         )
     images = tf.random.normal([t.global_batch_size, *source.image_shape])
