@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from sectrain.benchmark import cli
 from sectrain.benchmark.cli import KERAS_FIT, median_over, ratios, variant_configs
@@ -37,6 +38,21 @@ def test_a_bad_variant_is_a_config_error_naming_it():
     config = make_config('+bench.variants.tiny=["model.attention.ratio=0"]')
     with pytest.raises(ConfigError, match="bench.variants.tiny: model.attention.ratio: must be"):
         variant_configs(config)
+
+
+def test_a_config_error_in_a_measuring_process_is_one_message(tmp_path):
+    config = make_config("trainer.strategy=mirrored", "trainer.jit_compile=true")
+    config_path = tmp_path / "mirrored_xla.yaml"
+    config_path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    command = [sys.executable, "-m", "sectrain.benchmark.measure", "speed"]
+    result = subprocess.run(
+        [*command, str(tmp_path / "speed.json"), str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "error: trainer.jit_compile" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_ratios_compare_each_variant_with_the_first():

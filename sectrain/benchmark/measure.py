@@ -25,9 +25,11 @@ import tensorflow as tf
 from omegaconf import OmegaConf
 
 from sectrain.benchmark.cli import KERAS_APPLICATIONS
+from sectrain.cli import fail
 from sectrain.config import validate
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
+from sectrain.errors import ConfigError
 from sectrain.models.profile import count_parameters
 from sectrain.train import build_trainer, start_session, use_jit
 
@@ -262,4 +264,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as error:  # one line for sectrain-bench to show, not a traceback
+        fail(error)
