@@ -16,7 +16,11 @@ def sectrain(*args, importtime=False):
 
 
 def imported_tensorflow(result):
-    return any(line.rstrip().endswith("| tensorflow") for line in result.stderr.splitlines())
+    """Whether `-X importtime` listed TensorFlow, at any depth of the import tree."""
+    return any(
+        line.startswith("import time:") and line.split("|")[-1].strip() == "tensorflow"
+        for line in result.stderr.splitlines()
+    )
 
 
 def test_help_lists_groups_and_keys_without_importing_tensorflow():

@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 
 from sectrain.config import DataConfig
 from sectrain.data.sources import load_folder
-from tests.test_cli import sectrain
+from tests.test_cli import imported_tensorflow, sectrain
 
 CLASSES = ("0", "1", "2")
 FORMATS = ("png", "jpeg", "png", "bmp", "gif")  # every reader, PNG most often
@@ -31,10 +31,12 @@ def write_digit_folder(root, per_class=40):
     return root
 
 
-def command(name, *args):
+def command(name, *args, importtime=False):
+    """Runs `sectrain-NAME ARGS...` (`-X importtime` lists the modules it imports)."""
     return subprocess.run(
         [
             sys.executable,
+            *(["-X", "importtime"] if importtime else []),
             "-c",
             f"import sys; from sectrain.inference.{name} import main; sys.exit(main())",
             *args,
@@ -163,3 +165,21 @@ def test_bad_image_folders_exit_2_with_a_message(setup, message, tmp_path):
     result = sectrain("data=folder", f"data.path={root}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("predict", ["{run}", "{missing}"], "no such file or folder"),
+        ("predict", ["{missing}", "{image}"], "neither a run folder"),
+        ("evaluate", ["{missing}"], "neither a run folder"),
+        ("export", ["{missing}"], "neither a run folder"),
+    ],
+)
+def test_wrong_paths_exit_2_before_tensorflow_loads(name, args, message, tmp_path):
+    paths = {"run": tmp_path, "missing": tmp_path / "missing", "image": tmp_path / "a.png"}
+    paths["image"].write_bytes(b"")
+    result = command(name, *(a.format(**paths) for a in args), importtime=True)
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+    assert not imported_tensorflow(result)

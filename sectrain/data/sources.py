@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from sectrain.data import IMAGE_EXTENSIONS
 from sectrain.data.images import decode_image
 from sectrain.errors import ConfigError
 
@@ -122,9 +123,6 @@ def load_tfds(data):
         image_shape=size + (info.features["image"].shape[-1],),
         encoded=encoded,
     )
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 # The first bytes of each readable format

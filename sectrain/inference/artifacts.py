@@ -4,21 +4,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
-import tensorflow as tf
 import yaml
 
-import sectrain.layers.attention  # noqa: F401  (registers sectrain's layers for loading)
-import sectrain.layers.common  # noqa: F401
-from sectrain.data.images import eval_image
-from sectrain.data.pipeline import normalise
-from sectrain.data.sources import IMAGE_EXTENSIONS
+from sectrain.data import IMAGE_EXTENSIONS
 from sectrain.errors import ConfigError
+from sectrain.lazy import lazy_import
+
+# loaded when first used, so that a wrong path is reported before TensorFlow loads
+keras = lazy_import("keras")
+tf = lazy_import("tensorflow")
 
 
 @dataclass
 class TrainedModel:
-    model: keras.Model
+    model: "keras.Model"
     class_names: list | None  # None: a bare .keras file without its run folder
     mean: list | None
     std: list | None
@@ -32,18 +31,18 @@ class TrainedModel:
     def read_images(self, images):
         """A batch of encoded image bytes, or of float images in [0, 1] of one size ->
         the model's normalised inputs, cropped and resized as in evaluation."""
+        from sectrain.data.images import eval_image
+        from sectrain.data.pipeline import normalise
+
         height, width, channels = self.image_shape
+
+        def read(image):
+            image = eval_image(image, (height, width), channels, self.eval_crop)
+            return normalise(image, self.mean, self.std)
+
         if images.dtype != tf.string:
-            return normalise(
-                eval_image(images, (height, width), channels, self.eval_crop), self.mean, self.std
-            )
-        return tf.map_fn(
-            lambda e: normalise(
-                eval_image(e, (height, width), channels, self.eval_crop), self.mean, self.std
-            ),
-            images,
-            fn_output_signature=tf.float32,
-        )
+            return read(images)
+        return tf.map_fn(read, images, fn_output_signature=tf.float32)
 
 
 def load_trained(target):
@@ -55,6 +54,9 @@ def load_trained(target):
         raise ConfigError(
             f"{str(target)!r} is neither a run folder with model.keras nor a .keras file"
         )
+    import sectrain.layers.attention  # noqa: F401  (registers sectrain's layers for loading)
+    import sectrain.layers.common  # noqa: F401
+
     try:
         model = keras.saving.load_model(model_path)
     except Exception as error:  # a truncated or foreign file: say which, not how

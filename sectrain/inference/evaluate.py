@@ -121,9 +121,9 @@ def main(argv=None):
         from sectrain.config import validate
         from sectrain.inference.artifacts import load_trained
 
+        check_overrides(args.overrides)
         trained = load_trained(target)
         overrides = trained.overrides + args.overrides  # later ones win
-        check_overrides(args.overrides)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             config = validate(compose("config", overrides=overrides))
         metrics = evaluate(trained, config.data, args.split)

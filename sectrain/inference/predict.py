@@ -51,10 +51,11 @@ def main(argv=None):
     try:
         from sectrain.inference.artifacts import image_files, load_trained
 
+        files = image_files(args.images)
         trained = load_trained(args.run)
         if trained.class_names is None or trained.mean is None:
             raise ConfigError(f"{args.run!r}: prediction needs the run folder (its summary.json)")
-        rows, unreadable = predict(trained, image_files(args.images), args.top_k)
+        rows, unreadable = predict(trained, files, args.top_k)
     except ConfigError as error:
         fail(error)
     console = Console()
