@@ -25,7 +25,7 @@ from sectrain.loggers.files import FileLogger, prepare_run_dir, write_json
 from sectrain.models import build_model
 from sectrain.models.profile import count_flops, count_parameters
 from sectrain.training.checkpoint import restore_latest, stop_requests
-from sectrain.training.loop import TrainingLoop
+from sectrain.training.loop import TrainingLoop, compiles_whole_step
 from sectrain.training.optim import l2_decay_rate, make_optimizer, make_schedule
 from sectrain.training.strategy import is_chief, make_strategy, worker_name
 
@@ -131,7 +131,7 @@ def train(config, run_dir, console=None):
         f"{trainable:,} trainable / {total:,} total parameters, "
         f"{flops / 1e6:,.1f} MFLOPs per {height}x{width} image; "
         f"{source.num_train:,} train / {source.num_val:,} val images, "
-        f"{replicas} replica(s), {t.precision}",
+        f"{replicas} replica(s), {t.precision}, XLA: {loop.xla}",
     )
     summary = {
         "status": "running",
@@ -150,6 +150,7 @@ def train(config, run_dir, console=None):
         "replicas": replicas,
         "strategy": type(strategy).__name__,
         "precision": t.precision,
+        "xla": loop.xla,
         "versions": {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
@@ -289,30 +290,29 @@ def build_trainer(config, strategy, source, steps_per_epoch):
         optimizer,
         t.global_batch_size,
         l2_decay_rate(config.optimizer),
-        jit_compile=use_jit(t.jit_compile, strategy),
+        jit_compile=use_jit(t.jit_compile, strategy, t.sync_bn),
         label_smoothing=t.label_smoothing,
     )
     return model, optimizer, loop
 
 
-def use_jit(jit_compile, strategy):
-    """trainer.jit_compile under `strategy`, where null means XLA with a GPU and none on
-    a CPU or with replicas kept in sync by a mirrored strategy.
+def use_jit(jit_compile, strategy, sync_bn=False):
+    """trainer.jit_compile under `strategy`: null means XLA with a GPU, except under a
+    mirrored strategy, and none on a CPU (where it was slower).
 
-    Under MirroredStrategy and MultiWorkerMirroredStrategy the optimizer's update makes a
-    cross-replica `merge_call`, which TensorFlow refuses inside an XLA-compiled replica
-    step (TF 2.21 on a GPU; Keras's own `fit` turns XLA off under tf.distribute too).
+    Under a mirrored strategy XLA compiles the forward and backward pass only (see
+    `compiles_whole_step`); it is off there unless asked for, as it has not yet been
+    measured on several GPUs. Batch norm synchronised across replicas cannot be compiled
+    there: its all-reduce is a `merge_call` too.
     """
-    mirrored = isinstance(
-        strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
-    )
+    whole_step = compiles_whole_step(strategy)
     if jit_compile is None:
-        return bool(tf.config.list_logical_devices("GPU")) and not mirrored
-    if jit_compile and mirrored:
+        return bool(tf.config.list_logical_devices("GPU")) and whole_step
+    if jit_compile and sync_bn and not whole_step:
         raise ConfigError(
-            "trainer.jit_compile: XLA cannot compile the replica step under a mirrored "
-            "strategy (its optimizer update synchronises the replicas); use "
-            "trainer.jit_compile=null or false, or trainer.strategy=one_device"
+            "trainer.jit_compile: XLA cannot compile batch norm synchronised across the "
+            "replicas of a mirrored strategy (trainer.sync_bn=true); use "
+            "trainer.jit_compile=false or trainer.sync_bn=false"
         )
     return jit_compile
 

@@ -6,10 +6,9 @@ import pytest
 
 
 def pytest_configure(config):
-    import tensorflow as tf
+    from tests.helpers import split_cpu
 
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    split_cpu(2)
 
 
 @pytest.fixture

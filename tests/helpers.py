@@ -15,6 +15,16 @@ from sectrain.training.strategy import make_strategy
 SE = {"kind": "se", "ratio": 4}
 
 
+def split_cpu(count):
+    """Makes TensorFlow see `count` logical CPU devices (before it starts), so that a
+    MirroredStrategy has `count` real replicas on a CPU-only machine."""
+    if count > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
+
+
 def compose_config(*overrides):
     """The config `sectrain OVERRIDES...` would run, without the `hydra` node."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -28,11 +38,19 @@ def make_config(*overrides):
     )
 
 
-def train_weights(strategy_name, steps, steps_per_call=1, global_batch=16, precision="float32"):
+def train_weights(
+    strategy_name,
+    steps,
+    steps_per_call=1,
+    global_batch=16,
+    precision="float32",
+    sync_bn=True,
+    jit_compile=False,
+):
     """Trains a small SE-ResNet on fixed digits batches from a seeded initialisation.
 
-    Returns the strategy, the model, its initial and its final variables (arrays), and
-    the mean training loss of each call.
+    Returns the strategy, the training loop, its model's initial and final variables
+    (arrays), and the mean training loss of each call.
     """
     strategy = make_strategy(strategy_name)  # multi-worker: before any other TensorFlow op
     keras.mixed_precision.set_dtype_policy(precision)
@@ -46,12 +64,14 @@ def train_weights(strategy_name, steps, steps_per_call=1, global_batch=16, preci
             num_classes=10,
             input_shape=source.image_shape,
             attention=SE,
-            sync_bn=True,
+            sync_bn=sync_bn,
         )
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
         optimizer.build(model.trainable_variables)
     initial = [v.numpy() for v in model.variables]
-    loop = TrainingLoop(strategy, model, optimizer, global_batch, l2_rate=1e-4, jit_compile=False)
+    loop = TrainingLoop(
+        strategy, model, optimizer, global_batch, l2_rate=1e-4, jit_compile=jit_compile
+    )
     iterator = iter(strategy.experimental_distribute_dataset(data))
     losses = []
     for _ in range(steps // steps_per_call):
@@ -59,4 +79,4 @@ def train_weights(strategy_name, steps, steps_per_call=1, global_batch=16, preci
         loop.train_steps(iterator, tf.constant(steps_per_call))
         losses.append(loop.results("train")["loss"])
     keras.mixed_precision.set_dtype_policy("float32")
-    return strategy, model, initial, [v.numpy() for v in model.variables], losses
+    return strategy, loop, initial, [v.numpy() for v in model.variables], losses

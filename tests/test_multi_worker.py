@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def free_ports(count):
@@ -35,19 +36,42 @@ def start_workers(command, count=2):
     return [(p.returncode, out, err) for p, (out, err) in zip(processes, results)]
 
 
-def test_two_workers_train_to_identical_weights_and_lower_loss(tmp_path):
+def train_workers(tmp_path, *options):
+    """`tests.train_job` on two workers; returns what each saved."""
     outputs = [tmp_path / f"worker{i}.npz" for i in range(2)]
     results = start_workers(
-        lambda i: [sys.executable, "-m", "tests.multi_worker_job", str(outputs[i])]
+        lambda i: [
+            sys.executable,
+            "-m",
+            "tests.train_job",
+            str(outputs[i]),
+            "multi_worker",
+            *options,
+        ]
     )
     for code, _, err in results:
         assert code == 0, err[-3000:]
     first, second = (np.load(path) for path in outputs)
+    assert first["replicas"] == 2  # one CPU replica in each worker
     assert len(first.files) == len(second.files) > 10
+    assert first["losses"][-1] < first["losses"][0]
+    return first, second
+
+
+def test_two_workers_train_to_identical_weights_and_lower_loss(tmp_path):
+    first, second = train_workers(tmp_path)
     for key in first.files:
         np.testing.assert_array_equal(first[key], second[key])
-    losses = first["losses"]
-    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_two_workers_train_with_xla_compiling_forward_and_backward(tmp_path):
+    first, second = train_workers(tmp_path, "--jit", "--no-sync-bn")
+    assert str(first["xla"]) == "forward and backward"
+    # each worker keeps batch-norm statistics of its own batches (no sync_bn): the
+    # trainable weights, updated with the all-reduced gradients, are the same
+    for i in np.flatnonzero(first["trainable"]):
+        np.testing.assert_array_equal(first[f"final_{i}"], second[f"final_{i}"])
 
 
 def sectrain_workers(run_dir, epochs):

@@ -32,6 +32,7 @@ from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
 from sectrain.models.profile import count_parameters
 from sectrain.train import build_trainer, start_session, use_jit
+from sectrain.training.loop import compiles_whole_step
 
 
 def rate_stats(images, seconds):
@@ -209,7 +210,8 @@ def measure_keras_fit(config, source):
         model.compile(
             optimizer=keras.optimizers.SGD(config.optimizer.lr, momentum=config.optimizer.momentum),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=use_jit(t.jit_compile, strategy),
+            # fit compiles the whole step, which a mirrored strategy does not allow
+            jit_compile=use_jit(t.jit_compile, strategy) and compiles_whole_step(strategy),
             steps_per_execution=t.steps_per_call,
         )
     images = tf.random.normal([t.global_batch_size, *source.image_shape])

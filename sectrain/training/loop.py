@@ -12,6 +12,18 @@ import tensorflow as tf
 from sectrain.training.optim import l2_penalty
 
 
+def compiles_whole_step(strategy):
+    """Whether XLA may compile a replica's whole training step under `strategy`.
+
+    Not under MirroredStrategy and MultiWorkerMirroredStrategy: there the optimizer's
+    update synchronises the replicas with a `merge_call`, which TensorFlow refuses inside
+    an XLA-compiled function, so XLA compiles the forward and backward pass only.
+    """
+    return not isinstance(
+        strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    )
+
+
 class TrainingLoop:
     """Compiled steps and running metrics for one model on one strategy.
 
@@ -21,7 +33,8 @@ class TrainingLoop:
         optimizer: a built Keras optimizer.
         global_batch_size: int, examples per step over all replicas.
         l2_rate: float, coefficient of the L2 weight penalty (0: none).
-        jit_compile: bool, compile each replica's step with XLA.
+        jit_compile: bool, compile each replica's step with XLA; under a mirrored
+            strategy, its forward and backward pass only (see `compiles_whole_step`).
         label_smoothing: float, training targets 1 - eps + eps / classes on the label and
             eps / classes elsewhere; evaluation uses the plain labels.
     """
@@ -55,7 +68,15 @@ class TrainingLoop:
                 }
                 for split in ("train", "val")
             }
-        self._train_replica = tf.function(self._train_replica_step, jit_compile=jit_compile)
+        whole_step = compiles_whole_step(strategy)
+        # what XLA compiles of a training step: "none", "step" or "forward and backward"
+        self.xla = "none" if not jit_compile else "step" if whole_step else "forward and backward"
+        self._gradients = (
+            tf.function(self._replica_gradients, jit_compile=True)
+            if self.xla == "forward and backward"
+            else self._replica_gradients
+        )
+        self._train_replica = tf.function(self._train_replica_step, jit_compile=self.xla == "step")
         self._eval_replica = tf.function(self._eval_replica_step, jit_compile=jit_compile)
 
     def _update(self, split, labels, logits, per_example_loss):
@@ -64,7 +85,8 @@ class TrainingLoop:
         metrics["top1"].update_state(labels, logits)
         metrics["top5"].update_state(labels, logits)
 
-    def _train_replica_step(self, images, labels):
+    def _replica_gradients(self, images, labels):
+        """The forward and backward pass: gradients, logits and per-example losses."""
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             if self.label_smoothing:
@@ -82,9 +104,11 @@ class TrainingLoop:
             if self.l2_rate:
                 loss += tf.nn.scale_regularization_loss(l2_penalty(self.model, self.l2_rate))
             scaled_loss = self.optimizer.scale_loss(loss)
-        variables = self.model.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply(gradients, variables)
+        return tape.gradient(scaled_loss, self.model.trainable_variables), logits, per_example
+
+    def _train_replica_step(self, images, labels):
+        gradients, logits, per_example = self._gradients(images, labels)
+        self.optimizer.apply(gradients, self.model.trainable_variables)
         self._update("train", labels, logits, per_example)
 
     def _eval_replica_step(self, images, labels):

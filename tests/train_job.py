@@ -1,0 +1,46 @@
+"""Trains a small SE-ResNet (`helpers.train_weights`) in a process of its own and saves
+its initial and final weights (and which are trainable), its losses and what XLA
+compiled:
+
+    python -m tests.train_job OUT.npz STRATEGY [--cpus N] [--steps N] [--steps-per-call N]
+        [--no-sync-bn] [--jit]
+
+Used for each worker of the multi-worker test (TF_CONFIG names the worker), and for
+mirrored runs that cannot share a process with another model's: TensorFlow caches the
+collective operations of a process by key, and a second strategy reuses the keys.
+"""
+
+import argparse
+
+import numpy as np
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output")
+    parser.add_argument("strategy")
+    parser.add_argument("--cpus", type=int, default=1, help="logical CPU devices")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps-per-call", type=int, default=2)
+    parser.add_argument("--no-sync-bn", dest="sync_bn", action="store_false")
+    parser.add_argument("--jit", action="store_true")
+    args = parser.parse_args()
+
+    from tests.helpers import split_cpu, train_weights
+
+    split_cpu(args.cpus)
+    strategy, loop, initial, weights, losses = train_weights(
+        args.strategy,
+        steps=args.steps,
+        steps_per_call=args.steps_per_call,
+        sync_bn=args.sync_bn,
+        jit_compile=args.jit,
+    )
+    np.savez(
+        args.output,
+        **{f"initial_{i}": w for i, w in enumerate(initial)},
+        **{f"final_{i}": w for i, w in enumerate(weights)},
+        trainable=np.array([v.trainable for v in loop.model.variables]),
+        losses=np.array(losses),
+        replicas=strategy.num_replicas_in_sync,
+        xla=loop.xla,
+    )
