@@ -46,8 +46,10 @@ def train_weights(
     precision="float32",
     sync_bn=True,
     jit_compile=False,
+    evaluate=False,
 ):
-    """Trains a small SE-ResNet on fixed digits batches from a seeded initialisation.
+    """Trains a small SE-ResNet on fixed digits batches from a seeded initialisation,
+    then, if `evaluate`, evaluates it on the validation split (`loop.results("val")`).
 
     Returns the strategy, the training loop, its model's initial and final variables
     (arrays), and the mean training loss of each call.
@@ -57,7 +59,7 @@ def train_weights(
     keras.utils.set_random_seed(0)
     config = make_config("data.augment.pad_crop=0")
     source = load_source(config.data)
-    data, *_ = make_pipelines(source, config.data, global_batch, seed=0)
+    data, val_data, _ = make_pipelines(source, config.data, global_batch, seed=0)
     with strategy.scope():
         model = build_model(
             "cifar_resnet20",
@@ -78,5 +80,7 @@ def train_weights(
         loop.reset("train")
         loop.train_steps(iterator, tf.constant(steps_per_call))
         losses.append(loop.results("train")["loss"])
+    if evaluate:
+        loop.evaluate(strategy.experimental_distribute_dataset(val_data))
     keras.mixed_precision.set_dtype_policy("float32")
     return strategy, loop, initial, [v.numpy() for v in model.variables], losses

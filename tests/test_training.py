@@ -51,13 +51,15 @@ def train_in_process(tmp_path, *args):
     return saved, *([saved[f"{when}_{i}"] for i in range(count)] for when in ("initial", "final"))
 
 
-def test_xla_under_a_mirrored_strategy_compiles_forward_and_backward_and_matches(tmp_path):
+def test_xla_under_a_mirrored_strategy_compiles_the_passes_and_matches(tmp_path):
     # the whole step cannot be compiled there: the optimizer's update is a merge_call
     compiled, initial, compiled_weights = train_in_process(tmp_path, "--no-sync-bn", "--jit")
     assert compiled["replicas"] == 2 and str(compiled["xla"]) == "forward and backward"
     reference, _, reference_weights = train_in_process(tmp_path, "--no-sync-bn")
     assert str(reference["xla"]) == "none"
     assert_same_updates(initial, compiled_weights, reference_weights)
+    # evaluation: the forward pass compiled, the metrics outside
+    np.testing.assert_allclose(compiled["val_loss"], reference["val_loss"], rtol=2e-3)
 
 
 def test_several_steps_per_call_equal_one_step_per_call():

@@ -1,6 +1,6 @@
 """Trains a small SE-ResNet (`helpers.train_weights`) in a process of its own and saves
-its initial and final weights (and which are trainable), its losses and what XLA
-compiled:
+its initial and final weights (and which are trainable), its training losses, its
+validation loss and what XLA compiled:
 
     python -m tests.train_job OUT.npz STRATEGY [--cpus N] [--steps N] [--steps-per-call N]
         [--no-sync-bn] [--jit]
@@ -34,6 +34,7 @@ if __name__ == "__main__":
         steps_per_call=args.steps_per_call,
         sync_bn=args.sync_bn,
         jit_compile=args.jit,
+        evaluate=True,
     )
     np.savez(
         args.output,
@@ -41,6 +42,7 @@ if __name__ == "__main__":
         **{f"final_{i}": w for i, w in enumerate(weights)},
         trainable=np.array([v.trainable for v in loop.model.variables]),
         losses=np.array(losses),
+        val_loss=loop.results("val")["loss"],
         replicas=strategy.num_replicas_in_sync,
         xla=loop.xla,
     )

@@ -69,15 +69,16 @@ class TrainingLoop:
                 for split in ("train", "val")
             }
         whole_step = compiles_whole_step(strategy)
-        # what XLA compiles of a training step: "none", "step" or "forward and backward"
+        # what XLA compiles of a step: "none", "step", or "forward and backward" (and the
+        # forward pass of evaluation), with the update and the metrics outside
         self.xla = "none" if not jit_compile else "step" if whole_step else "forward and backward"
-        self._gradients = (
-            tf.function(self._replica_gradients, jit_compile=True)
-            if self.xla == "forward and backward"
-            else self._replica_gradients
+        compile_passes = self.xla == "forward and backward"
+        self._gradients, self._logits = (
+            tf.function(f, jit_compile=True) if compile_passes else f
+            for f in (self._replica_gradients, self._replica_logits)
         )
         self._train_replica = tf.function(self._train_replica_step, jit_compile=self.xla == "step")
-        self._eval_replica = tf.function(self._eval_replica_step, jit_compile=jit_compile)
+        self._eval_replica = tf.function(self._eval_replica_step, jit_compile=self.xla == "step")
 
     def _update(self, split, labels, logits, per_example_loss):
         metrics = self.metrics[split]
@@ -111,8 +112,11 @@ class TrainingLoop:
         self.optimizer.apply(gradients, self.model.trainable_variables)
         self._update("train", labels, logits, per_example)
 
+    def _replica_logits(self, images):
+        return self.model(images, training=False)
+
     def _eval_replica_step(self, images, labels):
-        logits = self.model(images, training=False)
+        logits = self._logits(images)
         per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         self._update("val", labels, logits, per_example)
 
