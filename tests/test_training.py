@@ -37,27 +37,22 @@ def test_two_replica_mirrored_with_sync_bn_matches_one_device():
     assert_same_updates(initial, distributed, reference)
 
 
-def train_in_process(tmp_path, *args):
-    """`tests.train_job` for 2 steps on two logical CPUs, in a new process (a second
-    mirrored model cannot share this one's: see tests/train_job.py). Returns what it saved
-    and its initial and final weights."""
-    output = tmp_path / f"job{len(list(tmp_path.iterdir()))}.npz"
-    command = [sys.executable, "-m", "tests.train_job", str(output), "mirrored", "--cpus=2"]
-    command += ["--steps=2", "--steps-per-call=1", *args]
+def test_xla_under_a_mirrored_strategy_compiles_the_passes_and_matches(tmp_path):
+    # The whole step cannot be compiled there: the optimizer's update is a merge_call.
+    # Both runs train in one new process on two logical CPUs (see tests/train_job.py).
+    command = [sys.executable, "-m", "tests.train_job", str(tmp_path), "mirrored", "--cpus=2"]
+    command += ["--steps=2", "--steps-per-call=1", "--no-sync-bn", "--jit", "true", "false"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    saved = np.load(output)
-    count = sum(key.startswith("final_") for key in saved.files)
-    return saved, *([saved[f"{when}_{i}"] for i in range(count)] for when in ("initial", "final"))
-
-
-def test_xla_under_a_mirrored_strategy_compiles_the_passes_and_matches(tmp_path):
-    # the whole step cannot be compiled there: the optimizer's update is a merge_call
-    compiled, initial, compiled_weights = train_in_process(tmp_path, "--no-sync-bn", "--jit")
-    assert compiled["replicas"] == 2 and str(compiled["xla"]) == "forward and backward"
-    reference, _, reference_weights = train_in_process(tmp_path, "--no-sync-bn")
-    assert str(reference["xla"]) == "none"
-    assert_same_updates(initial, compiled_weights, reference_weights)
+    compiled, reference = (np.load(tmp_path / f"run{k}.npz") for k in (0, 1))
+    assert compiled["replicas"] == 2
+    assert str(compiled["xla"]) == "forward and backward" and str(reference["xla"]) == "none"
+    count = sum(key.startswith("final_") for key in compiled.files)
+    initial, got, want = (
+        [saved[f"{when}_{i}"] for i in range(count)]
+        for saved, when in ((compiled, "initial"), (compiled, "final"), (reference, "final"))
+    )
+    assert_same_updates(initial, got, want)
     # evaluation: the forward pass compiled, the metrics outside
     np.testing.assert_allclose(compiled["val_loss"], reference["val_loss"], rtol=2e-3)
 
