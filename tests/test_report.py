@@ -13,7 +13,7 @@ from sectrain.train import RunStopped, train
 from tests.helpers import make_config
 from tests.test_faults import DIVERGING
 
-QUICK = ("trainer.epochs=2", "trainer.global_batch_size=256", "logger.tensorboard=false")
+QUICK = ("trainer.epochs=1", "trainer.global_batch_size=256", "logger.tensorboard=false")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_report_lists_runs_that_did_not_complete(runs, capsys):
     assert markdown.count("\n| attention.kind=") == 3  # SE, plain, the diverged lr 100 one
     failed = markdown.split("Runs that did not complete:")[1]
     assert f"`{diverged}`: diverged" in failed and "the training loss became" in failed
-    assert f"`{runs / '5'}`: unfinished, 2 epochs" in failed
+    assert f"`{runs / '5'}`: unfinished, 1 epoch." in failed
     png = (runs / "report" / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 

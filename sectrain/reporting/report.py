@@ -158,7 +158,8 @@ def write_markdown(rows, runs, path):
     if failed:
         lines += ["", "Runs that did not complete:", ""]
         lines += [
-            f"- `{folder}`: {status}, {done} epochs. {m}" for folder, status, done, m in failed
+            f"- `{folder}`: {status}, {done} epoch{'s' * (done != 1)}. {m}"
+            for folder, status, done, m in failed
         ]
     path.write_text("\n".join(lines) + "\n")
 
