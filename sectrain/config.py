@@ -175,6 +175,18 @@ SCHEMA_NAME = "sectrain_schema"
 ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
 
 
+def check_xla(jit_compile, sync_bn, mirrored):
+    """Raises ConfigError for XLA with batch norm synchronised across the replicas of a
+    mirrored strategy: its all-reduce is a `merge_call`, which XLA cannot compile. Checked
+    here for `mirrored` and `multi_worker`, and again once `auto` has picked a strategy."""
+    if jit_compile and sync_bn and mirrored:
+        raise ConfigError(
+            "trainer.jit_compile: XLA cannot compile batch norm synchronised across the "
+            "replicas of a mirrored strategy (trainer.sync_bn=true); use "
+            "trainer.jit_compile=false or trainer.sync_bn=false"
+        )
+
+
 def validate(cfg: Any) -> Config:
     """Checks a composed config and returns it as a `Config`.
 
@@ -328,6 +340,7 @@ def _check(c: Config):
     _between("trainer.label_smoothing", t.label_smoothing, 0.0, 0.99)
     _choice("trainer.strategy", t.strategy, STRATEGIES)
     _choice("trainer.precision", t.precision, PRECISIONS)
+    check_xla(t.jit_compile, t.sync_bn, mirrored=t.strategy in ("mirrored", "multi_worker"))
     if s.warmup_epochs >= t.epochs:
         raise ConfigError(
             f"schedule.warmup_epochs: must be less than trainer.epochs ({t.epochs}). "

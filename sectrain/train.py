@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 from omegaconf import OmegaConf
 
+from sectrain.config import check_xla
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
@@ -302,18 +303,12 @@ def use_jit(jit_compile, strategy, sync_bn=False):
 
     Under a mirrored strategy XLA compiles the forward and backward pass only (see
     `compiles_whole_step`); it is off there unless asked for, as it has not yet been
-    measured on several GPUs. Batch norm synchronised across replicas cannot be compiled
-    there: its all-reduce is a `merge_call` too.
+    measured on several GPUs; nor with synchronised batch norm (see `check_xla`).
     """
     whole_step = compiles_whole_step(strategy)
     if jit_compile is None:
         return bool(tf.config.list_logical_devices("GPU")) and whole_step
-    if jit_compile and sync_bn and not whole_step:
-        raise ConfigError(
-            "trainer.jit_compile: XLA cannot compile batch norm synchronised across the "
-            "replicas of a mirrored strategy (trainer.sync_bn=true); use "
-            "trainer.jit_compile=false or trainer.sync_bn=false"
-        )
+    check_xla(jit_compile, sync_bn, mirrored=not whole_step)
     return jit_compile
 
 

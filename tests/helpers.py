@@ -51,8 +51,8 @@ def train_weights(
     """Trains a small SE-ResNet on fixed digits batches from a seeded initialisation,
     then, if `evaluate`, evaluates it on the validation split (`loop.results("val")`).
 
-    Returns the strategy, the training loop, its model's initial and final variables
-    (arrays), and the mean training loss of each call.
+    Returns the training loop (with its strategy and model), the model's initial and
+    final variables (arrays), and the mean training loss of each call.
     """
     strategy = make_strategy(strategy_name)  # multi-worker: before any other TensorFlow op
     keras.mixed_precision.set_dtype_policy(precision)
@@ -83,4 +83,4 @@ def train_weights(
     if evaluate:
         loop.evaluate(strategy.experimental_distribute_dataset(val_data))
     keras.mixed_precision.set_dtype_policy("float32")
-    return strategy, loop, initial, [v.numpy() for v in model.variables], losses
+    return loop, initial, [v.numpy() for v in model.variables], losses

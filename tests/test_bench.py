@@ -41,9 +41,8 @@ def test_a_bad_variant_is_a_config_error_naming_it():
 
 
 def test_a_config_error_in_a_measuring_process_is_one_message(tmp_path):
-    config = make_config(
-        "trainer.strategy=mirrored", "trainer.jit_compile=true", "trainer.sync_bn=true"
-    )
+    config = make_config("trainer.strategy=mirrored", "trainer.jit_compile=true")
+    config.trainer.sync_bn = True  # a combination validation refuses, written unchecked
     config_path = tmp_path / "mirrored_xla.yaml"
     config_path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
     command = [sys.executable, "-m", "sectrain.benchmark.measure", "speed"]

@@ -46,6 +46,10 @@ def test_help_lists_groups_and_keys_without_importing_tensorflow():
             "trainer.global_batch_size: must be at least 1. Received: -4",
         ),
         (["trainer.epocs=3"], "Did you mean 'epochs'?"),
+        (
+            ["trainer.strategy=mirrored", "trainer.jit_compile=true", "trainer.sync_bn=true"],
+            "trainer.jit_compile: XLA cannot compile batch norm",
+        ),
         # the second job's value fails before the first job trains
         (["-m", "model.attention.ratio=4,0"], "model.attention.ratio: must be at least 1"),
     ],

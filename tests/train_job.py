@@ -32,7 +32,7 @@ if __name__ == "__main__":
     split_cpu(args.cpus)
     args.output.mkdir(parents=True, exist_ok=True)
     for run, jit in enumerate(args.jit):
-        strategy, loop, initial, weights, losses = train_weights(
+        loop, initial, weights, losses = train_weights(
             args.strategy,
             steps=args.steps,
             steps_per_call=args.steps_per_call,
@@ -47,6 +47,6 @@ if __name__ == "__main__":
             trainable=np.array([v.trainable for v in loop.model.variables]),
             losses=np.array(losses),
             val_loss=loop.results("val")["loss"],
-            replicas=strategy.num_replicas_in_sync,
+            replicas=loop.strategy.num_replicas_in_sync,
             xla=loop.xla,
         )
