@@ -8,6 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from sectrain.config import ATTENTION_KINDS
 from sectrain.models import MODELS
 
 
@@ -31,16 +32,29 @@ def describe(name, attention):
     return row
 
 
+def ratio(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1. Received: {value}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="sectrain-models", description=__doc__)
     parser.add_argument("pattern", nargs="?", default="*", help="model names to list (glob)")
-    parser.add_argument("--attention", default="se", help="attention kind to compare (se)")
-    parser.add_argument("--ratio", type=int, default=16, help="reduction ratio (16)")
+    kinds = [kind for kind in ATTENTION_KINDS if kind != "none"]
+    parser.add_argument(
+        "--attention", default="se", choices=kinds, help="attention kind to compare (se)"
+    )
+    parser.add_argument("--ratio", type=ratio, default=16, help="reduction ratio (16)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     names = MODELS.names(args.pattern)
     if not names:
-        Console(stderr=True).print(f"error: no model matches {args.pattern!r}", highlight=False)
+        Console(stderr=True).print(
+            f"error: no model matches {args.pattern!r}. Registered: {', '.join(MODELS.names())}.",
+            highlight=False,
+        )
         return 2
     attention = {"kind": args.attention, "ratio": args.ratio}
     rows = []

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from sectrain.catalog import main
 
 
@@ -21,5 +23,22 @@ def test_table_has_a_row_per_matching_model(capsys):
 
 
 def test_unknown_pattern_is_an_error(capsys):
-    assert main(["nothing*"]) == 2
-    assert "no model matches" in capsys.readouterr().err
+    assert main(["se_resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert "no model matches 'se_resnet50'" in err
+    assert "resnext50_32x4d" in err  # the registered names, to pick from
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--attention", "cbam"], "invalid choice: 'cbam'"),
+        (["--ratio", "0"], "must be at least 1. Received: 0"),
+        (["--ratio", "x"], "invalid ratio value: 'x'"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cifar_resnet20", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
