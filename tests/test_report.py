@@ -77,6 +77,11 @@ def test_report_lists_runs_that_did_not_complete(runs, capsys):
 
 
 def test_report_without_runs_is_an_error(tmp_path, capsys):
+    # config.yaml files of other programs are not runs
+    (tmp_path / "hydra_app").mkdir()
+    (tmp_path / "hydra_app" / "config.yaml").write_text("defaults:\n- _self_\n- group: null\n")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.yaml").write_text("model: [unclosed\n")
     with pytest.raises(SystemExit) as stop:
         report_main([str(tmp_path)])
     assert stop.value.code == 2

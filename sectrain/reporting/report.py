@@ -7,6 +7,7 @@ seeds, beside the paper's numbers; Markdown, CSV and learning curves.
 
 import argparse
 import csv
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,24 +219,33 @@ def plot_curves(rows, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # the legend goes below both plots (in two columns where the labels are short), and the
+    # figure grows to hold it
+    columns = 2 if max(len(row.label) for row in rows) <= 70 else 1
+    height = 4.5 + 0.2 * math.ceil(len(rows) / columns)
+    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(12, height), layout="constrained")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, row in enumerate(rows):
         colour = colours[index % len(colours)]
         for number, run in enumerate(r for r in row.runs if r.epochs):
             epochs = [e["epoch"] for e in run.epochs]
-            label = row.label if number == 0 else None
-            loss_axis.plot(epochs, [e["train_loss"] for e in run.epochs], color=colour, label=label)
-            error_axis.plot(
-                epochs, [100 * (1 - e["val_top1"]) for e in run.epochs], color=colour, label=label
-            )
+            style = {
+                "color": colour,
+                "label": row.label if number == 0 else None,
+                "marker": "o" if len(epochs) < 10 else None,  # so that one epoch shows
+            }
+            loss_axis.plot(epochs, [e["train_loss"] for e in run.epochs], **style)
+            error_axis.plot(epochs, [100 * (1 - e["val_top1"]) for e in run.epochs], **style)
     loss_axis.set(xlabel="epoch", ylabel="training loss", yscale="log", title="Training loss")
     error_axis.set(xlabel="epoch", ylabel="top-1 error (%)", title="Validation top-1 error")
-    error_axis.legend(fontsize="small")
+    handles, labels = error_axis.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small")
     for axis in (loss_axis, error_axis):
         axis.grid(alpha=0.3)
-    figure.tight_layout()
+        axis.set_xlim(left=0)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     figure.savefig(path, dpi=110)
     plt.close(figure)
 

@@ -73,14 +73,20 @@ def find_runs(paths):
 
 
 def read_run(folder):
-    """The run in `folder`, or None if it holds none. A job that stopped before sectrain
-    wrote its config.yaml is read from Hydra's copy of the config."""
+    """The run in `folder`, or None if it holds none (no config.yaml, or one that is not
+    sectrain's). A job that stopped before sectrain wrote its config.yaml is read from
+    Hydra's copy of the config."""
     config_path = folder / "config.yaml"
     if not config_path.is_file():
         config_path = folder / ".hydra" / "config.yaml"
         if not config_path.is_file():
             return None
-    config = yaml.safe_load(config_path.read_text()) or {}
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError:
+        return None
+    if not (isinstance(config, dict) and {"model", "trainer"} <= config.keys()):
+        return None  # another program's config.yaml
     config.pop("hydra", None)
     summary_path = folder / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
