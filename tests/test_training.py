@@ -134,6 +134,21 @@ def test_global_batch_must_divide_across_replicas(tmp_path):
         train(config, tmp_path)
 
 
+BAD_TASK = {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}
+
+
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [("{not json", "Expecting property name"), (json.dumps(BAD_TASK), "The `task_id` 3 exceeds")],
+)
+def test_a_bad_tf_config_is_a_config_error(monkeypatch, tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(
+        ConfigError, match=f"trainer.strategy=multi_worker: check TF_CONFIG: {message}"
+    ):
+        make_strategy("multi_worker")
+
+
 def test_xla_defaults_and_what_a_mirrored_strategy_refuses():
     mirrored, one_device = make_strategy("mirrored"), make_strategy("one_device")
     assert use_jit(None, mirrored) is False  # not yet measured on several GPUs

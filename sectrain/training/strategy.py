@@ -4,6 +4,8 @@ import os
 
 import tensorflow as tf
 
+from sectrain.errors import ConfigError
+
 
 def make_strategy(name):
     """Returns a tf.distribute strategy.
@@ -16,16 +18,12 @@ def make_strategy(name):
             TF_CONFIG, or by SLURM's environment inside a SLURM job) or "tpu"
             (TPUStrategy on the TPU named by TPU_NAME, or the local one).
     """
-    if name == "multi_worker":
-        resolver = None  # TF_CONFIG
-        if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
-            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(os.environ.get("TPU_NAME", ""))
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
+    if name in ("multi_worker", "tpu"):
+        try:
+            return _cluster_strategy(name)
+        except (ValueError, OSError, tf.errors.OpError) as error:  # bad TF_CONFIG, no TPU
+            where = "TF_CONFIG" if name == "multi_worker" else "TPU_NAME"
+            raise ConfigError(f"trainer.strategy={name}: check {where}: {error}") from None
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device"
@@ -35,6 +33,18 @@ def make_strategy(name):
         return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
     devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def _cluster_strategy(name):
+    if name == "multi_worker":
+        resolver = None  # TF_CONFIG
+        if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(os.environ.get("TPU_NAME", ""))
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def is_chief(strategy):
