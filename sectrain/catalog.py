@@ -8,6 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from sectrain.cli import positive_int
 from sectrain.config import ATTENTION_KINDS
 from sectrain.models import MODELS
 
@@ -32,13 +33,6 @@ def describe(name, attention):
     return row
 
 
-def ratio(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1. Received: {value}")
-    return value
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="sectrain-models", description=__doc__)
     parser.add_argument("pattern", nargs="?", default="*", help="model names to list (glob)")
@@ -46,7 +40,7 @@ def main(argv=None):
     parser.add_argument(
         "--attention", default="se", choices=kinds, help="attention kind to compare (se)"
     )
-    parser.add_argument("--ratio", type=ratio, default=16, help="reduction ratio (16)")
+    parser.add_argument("--ratio", type=positive_int, default=16, help="reduction ratio (16)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     names = MODELS.names(args.pattern)

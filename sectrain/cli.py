@@ -4,6 +4,7 @@ Everything here runs before TensorFlow is imported, so `--help` and configuratio
 mistakes answer in well under two seconds.
 """
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -29,6 +30,14 @@ def fail(message):
     """Prints a user error without a traceback and exits with status 2."""
     Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(message)))
     sys.exit(EXIT_CONFIG_ERROR)
+
+
+def positive_int(text):
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1. Received: {value}")
+    return value
 
 
 def config_groups():

@@ -34,7 +34,7 @@ def test_unknown_pattern_is_an_error(capsys):
     [
         (["--attention", "cbam"], "invalid choice: 'cbam'"),
         (["--ratio", "0"], "must be at least 1. Received: 0"),
-        (["--ratio", "x"], "invalid ratio value: 'x'"),
+        (["--ratio", "x"], "invalid positive_int value: 'x'"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(capsys, args, message):

@@ -105,6 +105,17 @@ def test_predict_prints_and_writes_top_k_for_a_folder(trained_run):
     )
 
 
+def test_predict_without_a_decodable_image_exits_2(trained_run, tmp_path):
+    _, run_dir = trained_run
+    (tmp_path / "notes.png").write_text("not an image")
+    result = command("predict", str(run_dir), str(tmp_path), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        "skipped" in result.stdout and "none of the 1 files is a decodable image" in result.stderr
+    )
+    assert not (tmp_path / "out").exists()
+
+
 SERVE = """
 import json, sys
 import numpy as np
@@ -174,6 +185,8 @@ def test_bad_image_folders_exit_2_with_a_message(setup, message, tmp_path):
         ("predict", ["{missing}", "{image}"], "neither a run folder"),
         ("evaluate", ["{missing}"], "neither a run folder"),
         ("export", ["{missing}"], "neither a run folder"),
+        ("export", ["{run}", "--output", "{run}"], "is not a SavedModel to replace"),
+        ("predict", ["{run}", "{image}", "--top-k", "0"], "must be at least 1. Received: 0"),
     ],
 )
 def test_wrong_paths_exit_2_before_tensorflow_loads(name, args, message, tmp_path):

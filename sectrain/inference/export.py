@@ -59,6 +59,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     output = Path(args.output) if args.output else Path(args.run) / "saved_model"
     try:
+        # a new or empty folder, or an earlier export; never e.g. the run folder itself
+        replaceable = not output.exists() or (output / "saved_model.pb").is_file()
+        if not replaceable and (not output.is_dir() or any(output.iterdir())):
+            raise ConfigError(f"--output {str(output)!r} exists and is not a SavedModel to replace")
         from sectrain.inference.artifacts import load_trained
 
         trained = load_trained(args.run)

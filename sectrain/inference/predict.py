@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sectrain.cli import fail
+from sectrain.cli import fail, positive_int
 from sectrain.errors import ConfigError
 
 log = logging.getLogger("sectrain")
@@ -43,7 +43,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="sectrain-predict", description=__doc__)
     parser.add_argument("run", help="a run folder (with model.keras and summary.json)")
     parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=positive_int, default=5)
     parser.add_argument(
         "--output", help="folder for predictions.csv/.json (default: RUN/predictions)"
     )
@@ -61,6 +61,8 @@ def main(argv=None):
     console = Console()
     for path in unreadable:
         console.print(f"[yellow]skipped[/] {path}: not a decodable image", highlight=False)
+    if not rows:
+        fail(f"none of the {len(files)} files is a decodable image")
     k = min(args.top_k, len(trained.class_names))
     table = Table(title=f"Top-{k} classes")
     table.add_column("file")
