@@ -30,6 +30,7 @@ from sectrain.config import validate
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
+from sectrain.inference.fold import fold_for_inference
 from sectrain.models.profile import count_parameters
 from sectrain.train import build_trainer, start_session, use_jit
 from sectrain.training.loop import compiles_whole_step
@@ -113,8 +114,10 @@ class Trainee:
             strategy, t.global_batch_size, source.image_shape, source.num_classes
         )
         self.steps_per_call = tf.constant(t.steps_per_call)
+        inference_model = fold_for_inference(self.model)  # as sectrain's inference runs it
         self.predict = tf.function(
-            lambda x: self.model(x, training=False), jit_compile=use_jit(t.jit_compile, strategy)
+            lambda x: inference_model(x, training=False),
+            jit_compile=use_jit(t.jit_compile, strategy),
         )
 
     def train_call(self, iterator=None):

@@ -46,7 +46,8 @@ class TrainedModel:
 
 
 def load_trained(target):
-    """Loads a run folder (its model.keras and summary.json) or a .keras file."""
+    """Loads a run folder (its model.keras and summary.json) or a .keras file, its model
+    folded for inference (see `sectrain.inference.fold`)."""
     target = Path(target)
     run_dir = target if target.is_dir() else target.parent
     model_path = target / "model.keras" if target.is_dir() else target
@@ -61,6 +62,9 @@ def load_trained(target):
         model = keras.saving.load_model(model_path)
     except Exception as error:  # a truncated or foreign file: say which, not how
         raise ConfigError(f"{str(model_path)!r} could not be loaded: {error}") from None
+    from sectrain.inference.fold import fold_for_inference
+
+    model = fold_for_inference(model)  # the same function, with fewer passes over memory
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     normalization = summary.get("normalization", {})

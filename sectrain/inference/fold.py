@@ -1,0 +1,120 @@
+"""Folding SE blocks into the 1x1 convolution before them, for inference.
+
+In a bottleneck unit the SE block rescales x = BN(conv(h)), the output of a 1x1
+convolution and (usually) a batch norm, which at inference is an affine map per channel:
+BN(conv(h)) = conv(h, W * a) + b. So, for an image with gates s:
+
+- the squeeze is mean(x) = mean(h) @ (W * a) + b, as a 1x1 convolution commutes with the
+  spatial mean;
+- the rescale is x * s = conv(h, W * a * s) + b * s: the gates scale the image's kernel
+  (Cin x Cout numbers) instead of its feature map (H x W x Cout numbers).
+
+Where the kernel is the smaller of the two (the early, large feature maps), this saves a
+pass over the feature map. For one image the scaled kernel feeds a plain convolution,
+which TensorFlow fuses with the residual addition and ReLU that follow, as in the plain
+network; for several, each image's convolution is one product of a batched matrix
+multiplication. Training runs the blocks unchanged.
+"""
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from sectrain.layers.attention import SqueezeExcite
+
+
+def _is_pointwise(layer):
+    """A plain 1x1 convolution: one group, stride 1, no activation, channels last."""
+    return (
+        type(layer) is layers.Conv2D
+        and tuple(layer.kernel_size) == (1, 1)
+        and tuple(layer.strides) == (1, 1)
+        and layer.groups == 1
+        and layer.data_format == "channels_last"
+        and layer.activation is keras.activations.linear
+    )
+
+
+def _is_channel_norm(layer):
+    return type(layer) is layers.BatchNormalization and layer.axis in (-1, 3)
+
+
+class FoldedSqueezeExcite(layers.Layer):
+    """A 1x1 convolution, an optional batch norm and an average-squeeze SE block, as one
+    layer over the convolution's input. It owns no weights: it uses the three layers'.
+
+    Args:
+        conv: the `Conv2D` (1x1, stride 1, one group, no activation).
+        norm: the `BatchNormalization` after it, or None.
+        excite: the `SqueezeExcite` (squeeze "avg") after that.
+    """
+
+    def __init__(self, conv, norm, excite, **kwargs):
+        super().__init__(dtype=excite.dtype_policy, **kwargs)
+        self.conv, self.norm, self.excite = conv, norm, excite
+
+    def folds(self, input_shape):
+        """Whether the fold pays for inputs of this shape: a kernel smaller than the
+        feature map of one image."""
+        _, height, width, channels = input_shape
+        return height is not None and width is not None and channels < height * width
+
+    def affine(self):
+        """The convolution and batch norm as one (kernel, bias) pair, in float32."""
+        kernel = ops.cast(self.conv.kernel[0, 0], "float32")
+        bias = ops.cast(self.conv.bias, "float32") if self.conv.use_bias else 0.0
+        if self.norm is None:
+            return kernel, bias * ops.ones(kernel.shape[-1])
+        n = self.norm
+        scale = ops.rsqrt(ops.cast(n.moving_variance, "float32") + n.epsilon)
+        if n.scale:
+            scale = scale * ops.cast(n.gamma, "float32")
+        shift = (bias - ops.cast(n.moving_mean, "float32")) * scale
+        if n.center:
+            shift = shift + ops.cast(n.beta, "float32")
+        return kernel * scale, shift
+
+    def call(self, inputs, training=None):
+        if training or not self.folds(inputs.shape):
+            x = self.conv(inputs)
+            if self.norm is not None:
+                x = self.norm(x, training=training)
+            return self.excite(x)
+        kernel, bias = self.affine()
+        squeezed = ops.mean(ops.cast(inputs, "float32"), axis=(1, 2)) @ kernel + bias
+        gates = ops.cast(self.excite.expand(self.excite.reduce(squeezed)), "float32")
+        kernels = ops.cast(kernel * gates[:, None, :], inputs.dtype)  # (batch, Cin, Cout)
+        biases = ops.cast(bias * gates, inputs.dtype)
+        if inputs.shape[0] == 1:
+            # Conv2D then BiasAdd: the pattern that TensorFlow's graph optimizer fuses
+            # with the addition and ReLU that follow
+            outputs = tf.nn.conv2d(inputs, kernels[0][None, None], 1, "VALID")
+            return tf.nn.bias_add(outputs, biases[0])
+        return tf.einsum("nhwc,ncd->nhwd", inputs, kernels) + biases[:, None, None, :]
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.conv.filters)
+
+
+def fold_for_inference(model):
+    """A model computing what `model` computes in inference, sharing its weights, in
+    which every 1x1 convolution (and batch norm) feeding an average-squeeze SE block is
+    a `FoldedSqueezeExcite`. The model itself is unchanged; a model without such chains
+    comes back as an equivalent copy."""
+    # symbolic output of a 1x1 convolution, or of its batch norm -> (conv, norm, conv input)
+    chains = {}
+
+    def call(layer, *args, **kwargs):
+        source = id(args[0]) if args else None
+        if isinstance(layer, SqueezeExcite) and layer.squeeze == "avg" and source in chains:
+            conv, norm, inputs = chains[source]
+            return FoldedSqueezeExcite(conv, norm, layer, name=f"{layer.name}_folded")(inputs)
+        outputs = layer(*args, **kwargs)
+        if _is_pointwise(layer):
+            chains[id(outputs)] = (layer, None, args[0])
+        elif _is_channel_norm(layer) and source in chains and chains[source][1] is None:
+            conv, _, inputs = chains[source]
+            chains[id(outputs)] = (conv, layer, inputs)
+        return outputs
+
+    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
