@@ -9,9 +9,9 @@ BN(conv(h)) = conv(h, W * a) + b. So, for an image with gates s:
 - the rescale is x * s = conv(h, W * a * s) + b * s: the gates scale the image's kernel
   (Cin x Cout numbers) instead of its feature map (H x W x Cout numbers).
 
-Where the kernel is the smaller of the two (the early, large feature maps), this saves a
-pass over the feature map. For one image the scaled kernel feeds a plain convolution,
-which TensorFlow fuses with the residual addition and ReLU that follow, as in the plain
+Where the kernel is small next to the feature map (the early stages), this saves passes
+over the map. For one image the scaled kernel feeds a plain convolution, which
+TensorFlow fuses with the residual addition and ReLU that follow, as in the plain
 network; for several, each image's convolution is one product of a batched matrix
 multiplication. Training runs the blocks unchanged.
 """
@@ -54,25 +54,29 @@ class FoldedSqueezeExcite(layers.Layer):
         self.conv, self.norm, self.excite = conv, norm, excite
 
     def folds(self, input_shape):
-        """Whether the fold pays for inputs of this shape: a kernel smaller than the
-        feature map of one image."""
+        """Whether the fold pays for inputs of this shape. Scaling the kernel reads and
+        writes Cin x Cout numbers; it spares a read and write of the H x W x Cout output
+        for the rescale, and another for the addition and ReLU that fuse into the
+        convolution: it pays while Cin < 2 H W (in SE-ResNet-50, stages 2-4)."""
         _, height, width, channels = input_shape
-        return height is not None and width is not None and channels < height * width
+        return height is not None and width is not None and channels < 2 * height * width
 
     def affine(self):
-        """The convolution and batch norm as one (kernel, bias) pair, in float32."""
+        """(kernel, scale, shift) in float32, with BN(conv(h)) = conv(h, kernel) * scale
+        + shift."""
         kernel = ops.cast(self.conv.kernel[0, 0], "float32")
-        bias = ops.cast(self.conv.bias, "float32") if self.conv.use_bias else 0.0
+        channels = kernel.shape[-1]
+        shift = ops.cast(self.conv.bias, "float32") if self.conv.use_bias else ops.zeros(channels)
         if self.norm is None:
-            return kernel, bias * ops.ones(kernel.shape[-1])
+            return kernel, ops.ones(channels), shift
         n = self.norm
         scale = ops.rsqrt(ops.cast(n.moving_variance, "float32") + n.epsilon)
         if n.scale:
             scale = scale * ops.cast(n.gamma, "float32")
-        shift = (bias - ops.cast(n.moving_mean, "float32")) * scale
+        shift = (shift - ops.cast(n.moving_mean, "float32")) * scale
         if n.center:
             shift = shift + ops.cast(n.beta, "float32")
-        return kernel * scale, shift
+        return kernel, scale, shift
 
     def call(self, inputs, training=None):
         if training or not self.folds(inputs.shape):
@@ -80,11 +84,12 @@ class FoldedSqueezeExcite(layers.Layer):
             if self.norm is not None:
                 x = self.norm(x, training=training)
             return self.excite(x)
-        kernel, bias = self.affine()
-        squeezed = ops.mean(ops.cast(inputs, "float32"), axis=(1, 2)) @ kernel + bias
+        kernel, scale, shift = self.affine()
+        squeezed = (ops.mean(ops.cast(inputs, "float32"), axis=(1, 2)) @ kernel) * scale + shift
         gates = ops.cast(self.excite.expand(self.excite.reduce(squeezed)), "float32")
-        kernels = ops.cast(kernel * gates[:, None, :], inputs.dtype)  # (batch, Cin, Cout)
-        biases = ops.cast(bias * gates, inputs.dtype)
+        scales = scale * gates  # (batch, Cout)
+        kernels = ops.cast(kernel * scales[:, None, :], inputs.dtype)  # (batch, Cin, Cout)
+        biases = ops.cast(shift * gates, inputs.dtype)
         if inputs.shape[0] == 1:
             # Conv2D then BiasAdd: the pattern that TensorFlow's graph optimizer fuses
             # with the addition and ReLU that follow
