@@ -7,7 +7,8 @@ Takes every setting `sectrain` takes, plus bench.* (see `sectrain --help`). For 
 variant (by default: the configured model with attention off, then as configured, then
 its keras.applications counterpart trained by model.fit) it measures training images/s
 on a synthetic batch kept on the device and on the real input pipeline, the input
-pipeline alone, inference latency at batch 1 and throughput at a large batch, and peak
+pipeline alone, inference latency at batch 1 (with SE folded into the convolution before
+it, as sectrain's inference runs, and without) and throughput at a large batch, and peak
 memory. The variants' training and inference calls are timed in turns in one process
 (variants that change a setting of SESSION_SETTINGS get a process per setting); the
 memory and the input pipeline of each variant are measured in a process of its own.
@@ -176,8 +177,9 @@ def ratios(results):
             "train_time_vs_first": first["train_synthetic"]["median"]
             / r["train_synthetic"]["median"],
         }
-        if "latency_ms" in r and "latency_ms" in first:
-            row["latency_vs_first"] = r["latency_ms"] / first["latency_ms"]
+        for latency in ("latency", "latency_unfolded"):
+            if f"{latency}_ms" in r and f"{latency}_ms" in first:
+                row[f"{latency}_vs_first"] = r[f"{latency}_ms"] / first[f"{latency}_ms"]
         if "pipeline" in r:
             row["pipeline_vs_training"] = r["pipeline"]["median"] / r["train_synthetic"]["median"]
         if "peak_host_mib" in keras_fit:
@@ -203,6 +205,8 @@ def show(results, rows, rounds, console):
         ("  pipeline / training", "pipeline_vs_training", "{:.1f}x".format),
         ("latency at batch 1, ms", "latency_ms", "{:.1f}".format),
         ("  latency vs first", "latency_vs_first", "{:.3f}x".format),
+        ("latency, SE not folded, ms", "latency_unfolded_ms", "{:.1f}".format),
+        ("  latency vs first", "latency_unfolded_vs_first", "{:.3f}x".format),
         ("inference images/s", "inference", rate),
         ("peak host memory, MiB", "peak_host_mib", "{:,.0f}".format),
         ("  vs keras.applications + fit", "host_memory_vs_keras_fit", "{:.3f}x".format),

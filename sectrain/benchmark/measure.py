@@ -114,11 +114,12 @@ class Trainee:
             strategy, t.global_batch_size, source.image_shape, source.num_classes
         )
         self.steps_per_call = tf.constant(t.steps_per_call)
-        inference_model = fold_for_inference(self.model)  # as sectrain's inference runs it
-        self.predict = tf.function(
-            lambda x: inference_model(x, training=False),
-            jit_compile=use_jit(t.jit_compile, strategy),
-        )
+        jit = use_jit(t.jit_compile, strategy)
+        folded = fold_for_inference(self.model)  # as sectrain's inference runs it
+        self.predict = {
+            fold: tf.function(lambda x, m=model: m(x, training=False), jit_compile=jit)
+            for fold, model in ((True, folded), (False, self.model))
+        }
 
     def train_call(self, iterator=None):
         """Returns a call that trains steps_per_call steps and waits for them."""
@@ -129,9 +130,11 @@ class Trainee:
 
         return call
 
-    def predict_call(self, batch):
+    def predict_call(self, batch, fold=True):
+        """Returns a call that infers `batch` images, with SE folded (as sectrain's
+        inference runs) or as the model was built."""
         images = tf.random.normal([batch, *self.source.image_shape])
-        return lambda: self.predict(images).numpy()
+        return lambda: self.predict[fold](images).numpy()
 
     def train_rate(self, seconds):
         t = self.config.trainer
@@ -139,30 +142,33 @@ class Trainee:
 
 
 def measure_speed(configs, sources):
-    """Training images/s on a synthetic batch, latency at batch 1 and inference
-    images/s of every config, their timed calls taken in turns. The configs share the
-    settings of `start_session` (the benchmark's command groups them so)."""
+    """Training images/s on a synthetic batch, latency at batch 1 (with SE folded and
+    as built) and inference images/s of every config, their timed calls taken in turns.
+    The configs share the settings of `start_session` (the benchmark's command groups
+    them so)."""
     bench = configs[0].bench
     strategy = start_session(configs[0].trainer)
     trainees = [Trainee(c, strategy, s) for c, s in zip(configs, sources)]
     for trainee in trainees:  # tracing and compilation
         timed(trainee.train_call(), calls_for(bench.warmup_steps, trainee.config.trainer))
-        for batch in (1, bench.inference_batch):
-            timed(trainee.predict_call(batch), 2)
+        for batch, fold in ((1, True), (1, False), (bench.inference_batch, True)):
+            timed(trainee.predict_call(batch, fold), 2)
     train = timed_in_turns(
         [
             (trainee.train_call(), calls_for(bench.timed_steps, trainee.config.trainer))
             for trainee in trainees
         ]
     )
-    latency = timed_in_turns([(t.predict_call(1), bench.inference_calls) for t in trainees])
-    throughput = timed_in_turns(
-        [(t.predict_call(bench.inference_batch), bench.inference_calls) for t in trainees]
+    calls = bench.inference_calls
+    latency = timed_in_turns(
+        [(t.predict_call(1, fold), calls) for fold in (True, False) for t in trainees]
     )
+    throughput = timed_in_turns([(t.predict_call(bench.inference_batch), calls) for t in trainees])
     return [
         {
             "train_synthetic": trainee.train_rate(train[i]),
             "latency_ms": 1000 * statistics.median(latency[i]),
+            "latency_unfolded_ms": 1000 * statistics.median(latency[len(trainees) + i]),
             "inference": rate_stats(bench.inference_batch, throughput[i]),
             "parameters": count_parameters(trainee.model)[0],
         }
