@@ -113,3 +113,19 @@ def test_chains_that_cannot_fold_stay_as_they_are(attention, block):
         keras.ops.convert_to_numpy(folded(image, training=False)),
         keras.ops.convert_to_numpy(model(image, training=False)),
     )
+
+
+def test_a_loaded_model_is_folded(tmp_path):
+    from sectrain.inference.artifacts import load_trained
+
+    model = small_resnet(se())
+    model.save(tmp_path / "model.keras")
+    loaded = load_trained(tmp_path / "model.keras").model
+    assert len(folded_layers(loaded)) == 2
+    image = np.random.default_rng(4).normal(size=(1, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(image, training=False)),
+        keras.ops.convert_to_numpy(model(image, training=False)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
