@@ -149,6 +149,16 @@ def test_a_bad_tf_config_is_a_config_error(monkeypatch, tf_config, message):
         make_strategy("multi_worker")
 
 
+def test_a_slurm_job_outside_a_step_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    with pytest.raises(
+        ConfigError, match="trainer.strategy=multi_worker: check SLURM's environment: SLURM_PROCID"
+    ):
+        make_strategy("multi_worker")
+
+
 def test_xla_defaults_and_what_a_mirrored_strategy_refuses():
     mirrored, one_device = make_strategy("mirrored"), make_strategy("one_device")
     assert use_jit(None, mirrored) is False  # not yet measured on several GPUs

@@ -19,10 +19,11 @@ def make_strategy(name):
             (TPUStrategy on the TPU named by TPU_NAME, or the local one).
     """
     if name in ("multi_worker", "tpu"):
+        # a bad TF_CONFIG, a SLURM job outside a step, no TPU: say what to check
         try:
             return _cluster_strategy(name)
-        except (ValueError, OSError, tf.errors.OpError) as error:  # bad TF_CONFIG, no TPU
-            where = "TF_CONFIG" if name == "multi_worker" else "TPU_NAME"
+        except (ValueError, OSError, RuntimeError, tf.errors.OpError) as error:
+            where = _cluster_source(name)
             raise ConfigError(f"trainer.strategy={name}: check {where}: {error}") from None
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if name == "auto":
@@ -35,11 +36,20 @@ def make_strategy(name):
     return tf.distribute.MirroredStrategy(devices)
 
 
+def _cluster_source(name):
+    """What names the cluster of a cluster strategy: TF_CONFIG, else SLURM's environment
+    inside a SLURM job, for multi_worker; TPU_NAME for tpu."""
+    if name == "tpu":
+        return "TPU_NAME"
+    if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
+        return "SLURM's environment"
+    return "TF_CONFIG"
+
+
 def _cluster_strategy(name):
     if name == "multi_worker":
-        resolver = None  # TF_CONFIG
-        if "TF_CONFIG" not in os.environ and "SLURM_JOB_ID" in os.environ:
-            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+        slurm = _cluster_source(name) != "TF_CONFIG"
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver() if slurm else None
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(os.environ.get("TPU_NAME", ""))
     tf.config.experimental_connect_to_cluster(resolver)
