@@ -2,13 +2,15 @@
 attention, built at the input size and class count it is designed for."""
 
 import argparse
+import fnmatch
 import json
 import sys
 
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from sectrain.cli import positive_int
+from sectrain.cli import CONFIG_DIR, fail, positive_int
 from sectrain.config import ATTENTION_KINDS
 from sectrain.models import MODELS
 
@@ -33,9 +35,21 @@ def describe(name, attention):
     return row
 
 
+def matching_models(pattern):
+    """Registered model names matching the glob `pattern`, or else the models of the
+    matching configs in conf/model (`se_resnet*` -> resnet18, ..., resnet152)."""
+    names = MODELS.names(pattern)
+    if names:
+        return names
+    configs = [p for p in (CONFIG_DIR / "model").glob("*.yaml") if fnmatch.fnmatch(p.stem, pattern)]
+    return sorted({OmegaConf.load(path).name for path in configs})
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="sectrain-models", description=__doc__)
-    parser.add_argument("pattern", nargs="?", default="*", help="model names to list (glob)")
+    parser.add_argument(
+        "pattern", nargs="?", default="*", help="registered model names or model configs (glob)"
+    )
     kinds = [kind for kind in ATTENTION_KINDS if kind != "none"]
     parser.add_argument(
         "--attention", default="se", choices=kinds, help="attention kind to compare (se)"
@@ -43,13 +57,12 @@ def main(argv=None):
     parser.add_argument("--ratio", type=positive_int, default=16, help="reduction ratio (16)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    names = MODELS.names(args.pattern)
+    names = matching_models(args.pattern)
     if not names:
-        Console(stderr=True).print(
-            f"error: no model matches {args.pattern!r}. Registered: {', '.join(MODELS.names())}.",
-            highlight=False,
+        fail(
+            f"no registered model or model config matches {args.pattern!r}. "
+            f"Registered: {', '.join(MODELS.names())}."
         )
-        return 2
     attention = {"kind": args.attention, "ratio": args.ratio}
     rows = []
     console = Console(stderr=args.json)

@@ -22,10 +22,17 @@ def test_table_has_a_row_per_matching_model(capsys):
     assert "271,098" in out  # total parameters of the plain ResNet-20, BN statistics included
 
 
+def test_a_config_name_lists_the_model_it_builds(capsys):
+    assert main(["se_resnet2?", "--json"]) == 0  # conf/model/se_resnet20.yaml
+    assert [row["model"] for row in json.loads(capsys.readouterr().out)] == ["cifar_resnet20"]
+
+
 def test_unknown_pattern_is_an_error(capsys):
-    assert main(["se_resnet50"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["se_resnet5O"])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "no model matches 'se_resnet50'" in err
+    assert "no registered model or model config matches 'se_resnet5O'" in err
     assert "resnext50_32x4d" in err  # the registered names, to pick from
 
 
