@@ -126,9 +126,10 @@ def train(config, run_dir, console=None):
     console = ConsoleLogger(
         config.logger.print_config, config.logger.progress, console, quiet=not chief
     )
+    options = "".join(f" {key}={value}" for key, value in config.model.options.items())
     console.start(
         config_yaml,
-        f"[bold]{model.name}[/] attention={config.model.attention.kind}: "
+        f"[bold]{model.name}[/]{options} attention={config.model.attention.kind}: "
         f"{trainable:,} trainable / {total:,} total parameters, "
         f"{flops / 1e6:,.1f} MFLOPs per {height}x{width} image; "
         f"{source.num_train:,} train / {source.num_val:,} val images, "
@@ -137,6 +138,7 @@ def train(config, run_dir, console=None):
     summary = {
         "status": "running",
         "model": config.model.name,
+        "options": config.model.options,
         "attention": attention,
         "data": config.data.name,
         "classes": source.class_names,

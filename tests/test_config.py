@@ -69,6 +69,15 @@ def test_attention_kinds_match_the_registered_layers():
             ["model=se_wrn16_8", "+model.options.widht=4"],
             "wrn has no option 'widht'. Its options: depth",
         ),
+        (
+            ["model=se_wrn16_8", "model.options.depth=abc"],
+            "model.options.depth: takes an integer, like 16. Received: 'abc'",
+        ),
+        (
+            ["+model.options.depths=3"],
+            "model.options.depths: takes a list of integers, like [3, 3, 3]. Received: 3",
+        ),
+        (["model=se_mobilenet", "model.options.alpha=0"], "alpha: must be positive. Received: 0"),
         (["model.attention.kernel_size=4"], "model.attention.kernel_size: must be odd"),
         (["data=folder"], "data.path: data=folder needs the folder of images"),
         (["data=tfds"], "data.name: data=tfds needs a TensorFlow Datasets name"),

@@ -4,12 +4,14 @@ A new registration is covered by the parametrised tests without new test code.
 """
 
 import math
+import re
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from sectrain.errors import ConfigError
 from sectrain.layers.attention import ATTENTION_LAYERS, SqueezeExcite
 from sectrain.models import MODELS, build_model
 from sectrain.models.profile import count_flops, count_parameters
@@ -255,3 +257,49 @@ def test_senet154_has_the_appendix_changes():
     assert first.filters * 2 == middle.filters == 256  # the first 1x1 is halved
     assert model.get_layer("conv3_block1_0_conv").kernel_size == (3, 3)  # stride-2 projection
     assert model.get_layer("conv2_block1_0_conv").kernel_size == (1, 1)
+
+
+def test_a_resnet_architecture_is_set_by_its_options():
+    keras.backend.clear_session()
+    custom = build_model(
+        "cifar_resnet20", num_classes=10, input_shape=(32, 32, 3), depths=[1, 2], planes=[8, 16]
+    )
+    units = [layer.name for layer in custom.layers if layer.name.endswith("_add")]
+    assert units == ["conv2_block1_add", "conv3_block1_add", "conv3_block2_add"]
+    assert custom.get_layer("conv3_block2_2_conv").filters == 16
+    # torchvision's ResNet-50 "v1.5": the stride on the 3x3, 4.09 GFLOPs, same parameters
+    keras.backend.clear_session()
+    v1_5 = build_model("resnet50", num_classes=1000, input_shape=(224, 224, 3), stride_on_3x3=True)
+    assert round(count_flops(v1_5) / 1e9, 2) == 4.09
+    assert count_parameters(v1_5)[0] == PAPER_LAYOUT["resnet50"]
+
+
+def test_a_densenet_architecture_is_set_by_its_options():
+    model = build_model(
+        "densenet121", num_classes=10, input_shape=(32, 32, 3), blocks=[1, 2], growth_rate=8
+    )
+    concats = [layer.name for layer in model.layers if layer.name.endswith("_concat")]
+    assert concats == ["conv2_block1_concat", "conv3_block1_concat", "conv3_block2_concat"]
+    assert model.get_layer("conv3_block2_2_conv").filters == 8
+
+
+@pytest.mark.parametrize(
+    "name, options, attention, message",
+    [
+        ("resnet18", {"block": "bottlenek"}, None, "Did you mean 'bottleneck'?"),
+        ("resnet18", {"shortcut": "pad3"}, None, "model.options.shortcut: unknown value"),
+        ("resnet18", {"depths": [2, 2]}, None, "model.options.depths: give one depth per stage"),
+        (
+            "resnet18",
+            {"depths": [1, 1], "planes": [8, 16]},
+            {"kind": "se", "stages": [4]},
+            "model.attention.stages: this network has stages [2, 3]. Received: 4",
+        ),
+        ("densenet121", {"stem": "deep"}, None, "model.options.stem: unknown value 'deep'"),
+        ("densenet121", {"compression": 1.5}, None, "must be at most 1. Received: 1.5"),
+        ("densenet121", {"blocks": [1] * 7}, None, "7 dense blocks leave nothing of a 32x32"),
+    ],
+)
+def test_an_architecture_that_cannot_be_built_is_a_config_error(name, options, attention, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_model(name, num_classes=10, input_shape=(32, 32, 3), attention=attention, **options)

@@ -184,11 +184,13 @@ def test_xla_defaults_and_what_a_mirrored_strategy_refuses():
             "model.options.width=1",
             "model/attention=eca",
         ),
+        ("+model.options.depths=[1,1,1]", "+model.options.block=bottleneck"),
     ],
-    ids=["mobilenet_v2", "densenet_bc", "wrn_eca"],
+    ids=["mobilenet_v2", "densenet_bc", "wrn_eca", "custom_resnet"],
 )
 def test_other_families_train_through_the_same_runner(overrides, tmp_path):
     config = make_config(*overrides, "trainer.epochs=1", "trainer.global_batch_size=256")
     train(config, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert np.isfinite(summary["final"]["train_loss"]) and summary["final"]["val_top1"] > 0
+    assert summary["options"] == config.model.options

@@ -7,7 +7,9 @@ counts of keras.applications' DenseNet121/169/201. Dense block n works at output
 2^(n+1): stages 2-5 on ImageNet, 2-4 in the CIFAR layout.
 """
 
-from sectrain.errors import ConfigError
+import functools
+
+from sectrain.errors import ConfigError, unknown_choice
 from sectrain.lazy import lazy_import
 from sectrain.models.registry import register_model
 
@@ -19,6 +21,10 @@ common = lazy_import("sectrain.layers.common")
 def _bn_relu(x, name, sync_bn):
     x = common.batch_norm(f"{name}_bn", sync_bn)(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+# stem -> the factor by which it divides the input's side
+STEMS = {"imagenet": 4, "cifar": 1}
 
 
 def build_densenet(
@@ -49,7 +55,18 @@ def build_densenet(
             convolution).
         name: str, the model's name.
     """
+    if stem not in STEMS:
+        raise unknown_choice("model.options.stem", stem, STEMS)
+    if compression > 1:
+        raise ConfigError(f"model.options.compression: must be at most 1. Received: {compression}")
+    # the stem divides the side by STEMS[stem], each transition halves it (valid pooling)
+    if min(input_shape[:2]) // STEMS[stem] // 2 ** (len(blocks) - 1) < 1:
+        raise ConfigError(
+            f"model.options.blocks: {len(blocks)} dense blocks leave nothing of a "
+            f"{input_shape[0]}x{input_shape[1]} input. Received: {list(blocks)}"
+        )
     plan = attention_layers.AttentionPlan(attention)
+    plan.check_stages(range(2, 2 + len(blocks)))
     inputs = keras.Input(input_shape, name="images")
     if stem == "imagenet":
         x = _bn_relu(common.conv(init_filters, 7, 2, name="conv1_conv")(inputs), "conv1", sync_bn)
@@ -85,10 +102,8 @@ IMAGENET = {
     161: dict(blocks=(6, 12, 36, 24), growth_rate=48, init_filters=96),
 }
 for _depth, _architecture in IMAGENET.items():
-
-    def _build(_architecture=_architecture, _depth=_depth, **arguments):
-        return build_densenet(**arguments, **_architecture, name=f"densenet{_depth}")
-
+    # the architecture's arguments stay open as model.options, with these defaults
+    _build = functools.partial(build_densenet, **_architecture, name=f"densenet{_depth}")
     register_model(f"densenet{_depth}", _build, input_size=224)
 
 

@@ -32,12 +32,13 @@ class ModelSpec:
     stages: tuple = (2, 3, 4, 5)
 
     def options(self):
-        """The builder's own keyword arguments (`model.options.*`) and their defaults."""
-        common = {"num_classes", "input_shape", "attention", "sync_bn", "dropout"}
+        """The builder's own keyword arguments (`model.options.*`) and their defaults;
+        `name`, the Keras model's name, is fixed when the model is registered."""
+        fixed = {"num_classes", "input_shape", "attention", "sync_bn", "dropout", "name"}
         return {
             name: p.default
             for name, p in inspect.signature(self.build).parameters.items()
-            if name not in common and p.kind is p.KEYWORD_ONLY
+            if name not in fixed and p.kind is p.KEYWORD_ONLY
         }
 
 
@@ -50,17 +51,52 @@ def build_model(name, **kwargs):
     return MODELS.get(name).build(**kwargs)
 
 
+# the kinds of option values, most specific first (a bool is an int to Python)
+KINDS = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"))
+
+
+def _kind(value):
+    """The kind of an option's value, as a noun: "integer", "list of integers", ..."""
+    for type_, noun in KINDS:
+        if isinstance(value, type_):
+            return noun
+    if isinstance(value, (list, tuple)):
+        return f"list of {_kind(value[0])}s" if value else "list"
+    return type(value).__name__
+
+
+def _check_option(key, value, default):
+    """Raises ConfigError unless `value` is of the kind of the builder's `default` (an
+    integer will do for a number), with every number positive: the builders' numbers
+    are all depths, widths, rates or factors."""
+    expected, received = _kind(default), _kind(value)
+    if (
+        default is not None
+        and expected != received
+        and (expected, received) != ("number", "integer")
+    ):
+        article = "an" if expected[0] in "aeiou" else "a"
+        example = list(default) if isinstance(default, tuple) else default  # as YAML writes it
+        raise ConfigError(
+            f"{key}: takes {article} {expected}, like {example!r}. Received: {value!r}"
+        )
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    if any(_kind(n) in ("integer", "number") and n <= 0 for n in numbers):
+        raise ConfigError(f"{key}: must be positive. Received: {value!r}")
+
+
 def check_model(name, attention, options, image_size):
     """Raises ConfigError if the model cannot take these attention settings, options or
     input size."""
     spec = MODELS.get(name)
     allowed = spec.options()
-    for option in options:
+    for option, value in options.items():
         if option not in allowed:
             raise ConfigError(
                 f"model.options: {name} has no option {option!r}. Its options: "
                 + (", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "none")
             )
+        _check_option(f"model.options.{option}", value, allowed[option])
     if attention.kind != "none" and attention.placement not in spec.placements:
         raise ConfigError(
             f"model.attention.placement: {name} supports {', '.join(spec.placements)}. "

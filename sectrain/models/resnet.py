@@ -16,7 +16,9 @@ Attention blocks go on the residual branch before the addition by default; stage
 numbered as in the SE paper, stage 2 being the first residual stage.
 """
 
-from sectrain.errors import ConfigError
+import functools
+
+from sectrain.errors import ConfigError, unknown_choice
 from sectrain.lazy import lazy_import
 from sectrain.models.registry import register_model
 
@@ -33,6 +35,9 @@ FIRST_STAGE = 2
 #   3x3       inside the residual branch, on the output of its (first) 3x3 convolution
 #             ("SE 3x3", Table 14 of the SE paper)
 PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")
+BLOCKS = ("basic", "bottleneck")
+STEMS = ("imagenet", "deep", "cifar")
+SHORTCUTS = ("projection", "projection3x3", "pad")
 
 
 class _Units:
@@ -103,6 +108,23 @@ def _stem(units, x, stem, width):
     return x if units.preact else units.bn_relu(x, "conv1")
 
 
+def _check_architecture(block, depths, planes, stem, shortcut):
+    """Raises ConfigError for an architecture that `build_resnet` cannot build, named by
+    the model.options keys that set it."""
+    for key, value, choices in (
+        ("block", block, BLOCKS),
+        ("stem", stem, STEMS),
+        ("shortcut", shortcut, SHORTCUTS),
+    ):
+        if value not in choices:
+            raise unknown_choice(f"model.options.{key}", value, choices)
+    if not depths or len(depths) != len(planes):
+        raise ConfigError(
+            f"model.options.depths: give one depth per stage, as many as model.options.planes "
+            f"has widths ({list(planes)}). Received: {list(depths)}"
+        )
+
+
 def build_resnet(
     num_classes,
     input_shape,
@@ -155,7 +177,9 @@ def build_resnet(
     Returns:
         A `keras.Model` mapping images to logits.
     """
+    _check_architecture(block, depths, planes, stem, shortcut)
     units = _Units(attention, sync_bn, preact, shortcut)
+    units.plan.check_stages(range(FIRST_STAGE, FIRST_STAGE + len(depths)))
     inputs = keras.Input(input_shape, name="images")
     x = _stem(units, inputs, stem, stem_width)
     for index, (depth, width) in enumerate(zip(depths, planes)):
@@ -197,9 +221,8 @@ def build_resnet(
 
 
 def _register(name, stages=(2, 3, 4, 5), **architecture):
-    def build(**arguments):
-        return build_resnet(**arguments, **architecture, name=name)
-
+    # the architecture's arguments stay open as model.options, with these defaults
+    build = functools.partial(build_resnet, **architecture, name=name)
     size = {"input_size": 32, "num_classes": 10} if architecture.get("stem") == "cifar" else {}
     register_model(name, build, placements=PLACEMENTS, stages=stages, **size)
 
