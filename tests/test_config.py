@@ -78,6 +78,7 @@ def test_attention_kinds_match_the_registered_layers():
             "model.options.depths: takes a list of integers, like [3, 3, 3]. Received: 3",
         ),
         (["model=se_mobilenet", "model.options.alpha=0"], "alpha: must be positive. Received: 0"),
+        (["+model.options.depths=[1,2.5,1]"], "depths: takes a list of integers, like [3, 3, 3]"),
         (["model.attention.kernel_size=4"], "model.attention.kernel_size: must be odd"),
         (["data=folder"], "data.path: data=folder needs the folder of images"),
         (["data=tfds"], "data.name: data=tfds needs a TensorFlow Datasets name"),

@@ -61,7 +61,10 @@ def _kind(value):
         if isinstance(value, type_):
             return noun
     if isinstance(value, (list, tuple)):
-        return f"list of {_kind(value[0])}s" if value else "list"
+        kinds = {_kind(item) for item in value}
+        if kinds == {"integer", "number"}:
+            kinds = {"number"}
+        return f"list of {kinds.pop()}s" if len(kinds) == 1 else "list"
     return type(value).__name__
 
 
@@ -70,11 +73,8 @@ def _check_option(key, value, default):
     integer will do for a number), with every number positive: the builders' numbers
     are all depths, widths, rates or factors."""
     expected, received = _kind(default), _kind(value)
-    if (
-        default is not None
-        and expected != received
-        and (expected, received) != ("number", "integer")
-    ):
+    # an integer will do where a number is expected
+    if default is not None and expected not in (received, received.replace("integer", "number")):
         article = "an" if expected[0] in "aeiou" else "a"
         example = list(default) if isinstance(default, tuple) else default  # as YAML writes it
         raise ConfigError(
