@@ -4,14 +4,12 @@ A new registration is covered by the parametrised tests without new test code.
 """
 
 import math
-import re
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from sectrain.errors import ConfigError
 from sectrain.layers.attention import ATTENTION_LAYERS, SqueezeExcite
 from sectrain.models import MODELS, build_model
 from sectrain.models.profile import count_flops, count_parameters
@@ -281,25 +279,3 @@ def test_a_densenet_architecture_is_set_by_its_options():
     concats = [layer.name for layer in model.layers if layer.name.endswith("_concat")]
     assert concats == ["conv2_block1_concat", "conv3_block1_concat", "conv3_block2_concat"]
     assert model.get_layer("conv3_block2_2_conv").filters == 8
-
-
-@pytest.mark.parametrize(
-    "name, options, attention, message",
-    [
-        ("resnet18", {"block": "bottlenek"}, None, "Did you mean 'bottleneck'?"),
-        ("resnet18", {"shortcut": "pad3"}, None, "model.options.shortcut: unknown value"),
-        ("resnet18", {"depths": [2, 2]}, None, "model.options.depths: give one depth per stage"),
-        (
-            "resnet18",
-            {"depths": [1, 1], "planes": [8, 16]},
-            {"kind": "se", "stages": [4]},
-            "model.attention.stages: this network has stages [2, 3]. Received: 4",
-        ),
-        ("densenet121", {"stem": "deep"}, None, "model.options.stem: unknown value 'deep'"),
-        ("densenet121", {"compression": 1.5}, None, "must be at most 1. Received: 1.5"),
-        ("densenet121", {"blocks": [1] * 7}, None, "7 dense blocks leave nothing of a 32x32"),
-    ],
-)
-def test_an_architecture_that_cannot_be_built_is_a_config_error(name, options, attention, message):
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        build_model(name, num_classes=10, input_shape=(32, 32, 3), attention=attention, **options)

@@ -17,7 +17,6 @@ import math
 import keras
 from keras import layers, ops
 
-from sectrain.errors import ConfigError
 from sectrain.registry import Registry
 
 # Names are the values of `model.attention.kind`; "none" means no block.
@@ -274,18 +273,6 @@ class AttentionPlan:
         self.placement = settings.pop("placement", "standard")
         self.stages = settings.pop("stages", None)
         self.layer_settings = settings
-
-    def check_stages(self, stages):
-        """Raises ConfigError if the plan names a stage outside `stages`, those the
-        network being built has (its architecture may be set by model.options)."""
-        if self.kind == "none":
-            return
-        for stage in self.stages or ():
-            if stage not in stages:
-                raise ConfigError(
-                    f"model.attention.stages: this network has stages {list(stages)}. "
-                    f"Received: {stage}"
-                )
 
     def apply(self, x, name, stage=None, placement="standard"):
         """Returns `x` through a new attention layer named `name_<kind>` if the plan puts

@@ -27,6 +27,22 @@ def _bn_relu(x, name, sync_bn):
 STEMS = {"imagenet": 4, "cifar": 1}
 
 
+def check_densenet(image_size, *, blocks, compression, stem, **others):
+    """Raises ConfigError for model.options that `build_densenet` cannot build; returns
+    the network's stage numbers. (The registry has checked the kinds of all options.)"""
+    if stem not in STEMS:
+        raise unknown_choice("model.options.stem", stem, STEMS)
+    if compression > 1:
+        raise ConfigError(f"model.options.compression: must be at most 1. Received: {compression}")
+    # each transition halves the side the stem leaves (valid pooling)
+    if image_size // STEMS[stem] // 2 ** (len(blocks) - 1) < 1:
+        raise ConfigError(
+            f"model.options.blocks: {len(blocks)} dense blocks leave nothing of a "
+            f"{image_size}x{image_size} input. Received: {list(blocks)}"
+        )
+    return range(2, 2 + len(blocks))
+
+
 def build_densenet(
     num_classes,
     input_shape,
@@ -55,18 +71,7 @@ def build_densenet(
             convolution).
         name: str, the model's name.
     """
-    if stem not in STEMS:
-        raise unknown_choice("model.options.stem", stem, STEMS)
-    if compression > 1:
-        raise ConfigError(f"model.options.compression: must be at most 1. Received: {compression}")
-    # the stem divides the side by STEMS[stem], each transition halves it (valid pooling)
-    if min(input_shape[:2]) // STEMS[stem] // 2 ** (len(blocks) - 1) < 1:
-        raise ConfigError(
-            f"model.options.blocks: {len(blocks)} dense blocks leave nothing of a "
-            f"{input_shape[0]}x{input_shape[1]} input. Received: {list(blocks)}"
-        )
     plan = attention_layers.AttentionPlan(attention)
-    plan.check_stages(range(2, 2 + len(blocks)))
     inputs = keras.Input(input_shape, name="images")
     if stem == "imagenet":
         x = _bn_relu(common.conv(init_filters, 7, 2, name="conv1_conv")(inputs), "conv1", sync_bn)
@@ -104,7 +109,26 @@ IMAGENET = {
 for _depth, _architecture in IMAGENET.items():
     # the architecture's arguments stay open as model.options, with these defaults
     _build = functools.partial(build_densenet, **_architecture, name=f"densenet{_depth}")
-    register_model(f"densenet{_depth}", _build, input_size=224)
+    register_model(f"densenet{_depth}", _build, input_size=224, check=check_densenet)
+
+
+def _cifar_blocks(depth, bottleneck):
+    """The dense blocks of a CIFAR DenseNet of `depth` layers: three of (depth - 4) / 3
+    convolutions each, a bottleneck layer counting as two."""
+    per_layer = 2 if bottleneck else 1
+    if (depth - 4) % (3 * per_layer) or depth < 4 + 3 * per_layer:
+        raise ConfigError(
+            f"model.options.depth: must be {3 * per_layer}n + 4 "
+            f"{'with' if bottleneck else 'without'} bottleneck. Received: {depth}"
+        )
+    return ((depth - 4) // (3 * per_layer),) * 3
+
+
+def check_densenet_cifar(image_size, *, depth, bottleneck, compression, **others):
+    """Raises ConfigError for model.options that `build_densenet_cifar` cannot build;
+    returns the network's stage numbers."""
+    blocks = _cifar_blocks(depth, bottleneck)
+    return check_densenet(image_size, blocks=blocks, compression=compression, stem="cifar")
 
 
 def build_densenet_cifar(
@@ -122,19 +146,13 @@ def build_densenet_cifar(
     """DenseNet in the CIFAR layout: three dense blocks of (depth - 4) / 3 convolutions
     each (counting a bottleneck layer as two), a 3x3 stem of 2k channels (16 without
     bottleneck). The defaults are DenseNet-BC-100, k = 12."""
-    per_layer = 2 if bottleneck else 1
-    if (depth - 4) % (3 * per_layer) or depth < 4 + 3 * per_layer:
-        raise ConfigError(
-            f"model.options.depth: must be {3 * per_layer}n + 4 "
-            f"{'with' if bottleneck else 'without'} bottleneck. Received: {depth}"
-        )
     return build_densenet(
         num_classes,
         input_shape,
         attention,
         sync_bn,
         dropout,
-        blocks=((depth - 4) // (3 * per_layer),) * 3,
+        blocks=_cifar_blocks(depth, bottleneck),
         growth_rate=growth_rate,
         init_filters=2 * growth_rate if bottleneck else 16,
         bottleneck=bottleneck,
@@ -145,5 +163,9 @@ def build_densenet_cifar(
 
 
 register_model(
-    "densenet_cifar", build_densenet_cifar, input_size=32, num_classes=10, stages=(2, 3, 4)
+    "densenet_cifar",
+    build_densenet_cifar,
+    input_size=32,
+    num_classes=10,
+    check=check_densenet_cifar,
 )

@@ -15,6 +15,7 @@ first stride-4 unit count as stage 2.
 
 import math
 
+from sectrain.errors import ConfigError
 from sectrain.lazy import lazy_import
 from sectrain.models.registry import register_model
 
@@ -47,6 +48,14 @@ def _depthwise_bn(x, strides, name, sync_bn):
     )(x)
     x = common.batch_norm(f"{name}_dw_bn", sync_bn)(x)
     return keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+
+
+def check_mobilenet(image_size, *, alpha):
+    """Raises ConfigError for a width multiplier that leaves the first convolution (32
+    channels at alpha 1) without a channel; returns the network's stage numbers."""
+    if int(32 * alpha) < 1:
+        raise ConfigError(f"model.options.alpha: must be at least 1/32. Received: {alpha}")
+    return (2, 3, 4, 5)
 
 
 def build_mobilenet(
@@ -108,5 +117,5 @@ def build_mobilenet_v2(
     return keras.Model(inputs, outputs, name=f"mobilenet_v2_{alpha:g}")
 
 
-register_model("mobilenet", build_mobilenet, input_size=224)
+register_model("mobilenet", build_mobilenet, input_size=224, check=check_mobilenet)
 register_model("mobilenet_v2", build_mobilenet_v2, input_size=224)

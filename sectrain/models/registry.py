@@ -22,6 +22,10 @@ class ModelSpec:
         min_size: the smallest input side it accepts.
         placements: the `model.attention.placement` values it supports.
         stages: the `model.attention.stages` values it has.
+        check: for a builder whose options shape the network, callable(image_size,
+            **options) that raises ConfigError for options it cannot build and returns
+            the stages the network then has (in place of `stages`). It needs no
+            TensorFlow, so that these mistakes are found with the rest of the config.
     """
 
     build: Callable
@@ -30,6 +34,7 @@ class ModelSpec:
     min_size: int = 32
     placements: tuple = ("standard",)
     stages: tuple = (2, 3, 4, 5)
+    check: Callable | None = None
 
     def options(self):
         """The builder's own keyword arguments (`model.options.*`) and their defaults;
@@ -97,18 +102,23 @@ def check_model(name, attention, options, image_size):
                 + (", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "none")
             )
         _check_option(f"model.options.{option}", value, allowed[option])
+    if image_size < spec.min_size:
+        raise ConfigError(
+            f"data.image_size: {name} needs inputs of at least {spec.min_size}x{spec.min_size}. "
+            f"Received: {image_size}"
+        )
+    stages = spec.stages
+    if spec.check is not None:
+        stages = tuple(spec.check(image_size, **{**allowed, **options}))
     if attention.kind != "none" and attention.placement not in spec.placements:
         raise ConfigError(
             f"model.attention.placement: {name} supports {', '.join(spec.placements)}. "
             f"Received: {attention.placement}"
         )
     for stage in attention.stages or ():
-        if stage not in spec.stages:
+        if stage not in stages:
+            shaped = " with these model.options" if options else ""
             raise ConfigError(
-                f"model.attention.stages: {name} has stages {list(spec.stages)}. Received: {stage}"
+                f"model.attention.stages: {name}{shaped} has stages {list(stages)}. "
+                f"Received: {stage}"
             )
-    if image_size < spec.min_size:
-        raise ConfigError(
-            f"data.image_size: {name} needs inputs of at least {spec.min_size}x{spec.min_size}. "
-            f"Received: {image_size}"
-        )

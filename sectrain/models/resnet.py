@@ -108,9 +108,9 @@ def _stem(units, x, stem, width):
     return x if units.preact else units.bn_relu(x, "conv1")
 
 
-def _check_architecture(block, depths, planes, stem, shortcut):
-    """Raises ConfigError for an architecture that `build_resnet` cannot build, named by
-    the model.options keys that set it."""
+def check_architecture(image_size, *, block, depths, planes, stem, shortcut, **others):
+    """Raises ConfigError for model.options that `build_resnet` cannot build; returns the
+    network's stage numbers. (The registry has checked the kinds of all options.)"""
     for key, value, choices in (
         ("block", block, BLOCKS),
         ("stem", stem, STEMS),
@@ -118,11 +118,12 @@ def _check_architecture(block, depths, planes, stem, shortcut):
     ):
         if value not in choices:
             raise unknown_choice(f"model.options.{key}", value, choices)
-    if not depths or len(depths) != len(planes):
+    if len(depths) != len(planes):
         raise ConfigError(
             f"model.options.depths: give one depth per stage, as many as model.options.planes "
             f"has widths ({list(planes)}). Received: {list(depths)}"
         )
+    return range(FIRST_STAGE, FIRST_STAGE + len(depths))
 
 
 def build_resnet(
@@ -177,9 +178,7 @@ def build_resnet(
     Returns:
         A `keras.Model` mapping images to logits.
     """
-    _check_architecture(block, depths, planes, stem, shortcut)
     units = _Units(attention, sync_bn, preact, shortcut)
-    units.plan.check_stages(range(FIRST_STAGE, FIRST_STAGE + len(depths)))
     inputs = keras.Input(input_shape, name="images")
     x = _stem(units, inputs, stem, stem_width)
     for index, (depth, width) in enumerate(zip(depths, planes)):
@@ -220,11 +219,11 @@ def build_resnet(
     return keras.Model(inputs, common.classifier(x, num_classes, dropout), name=name)
 
 
-def _register(name, stages=(2, 3, 4, 5), **architecture):
+def _register(name, **architecture):
     # the architecture's arguments stay open as model.options, with these defaults
     build = functools.partial(build_resnet, **architecture, name=name)
     size = {"input_size": 32, "num_classes": 10} if architecture.get("stem") == "cifar" else {}
-    register_model(name, build, placements=PLACEMENTS, stages=stages, **size)
+    register_model(name, build, placements=PLACEMENTS, check=check_architecture, **size)
 
 
 IMAGENET_PLANES = (64, 128, 256, 512)
@@ -274,12 +273,10 @@ _register(
     stride_on_3x3=True,
 )
 
-CIFAR_STAGES = (2, 3, 4)
 # CIFAR ResNets: 6n + 2 layers, n basic units per stage, widths 16-32-64.
 for _depth in (20, 32, 44, 56, 110):
     _register(
         f"cifar_resnet{_depth}",
-        stages=CIFAR_STAGES,
         block="basic",
         depths=((_depth - 2) // 6,) * 3,
         planes=(16, 32, 64),
@@ -291,7 +288,6 @@ for _depth in (20, 32, 44, 56, 110):
 # Pre-activation ResNet-164: 9n + 2 layers, n = 18 bottleneck units per stage.
 _register(
     "preact_resnet164",
-    stages=CIFAR_STAGES,
     block="bottleneck",
     depths=(18, 18, 18),
     planes=(16, 32, 64),
@@ -302,15 +298,20 @@ _register(
 )
 
 
+def check_wide_resnet(image_size, *, depth, width):
+    """Raises ConfigError unless `depth` is 6n + 4; returns the network's stage numbers."""
+    if (depth - 4) % 6 or depth < 10:
+        raise ConfigError(
+            f"model.options.depth: must be 6n + 4 (10, 16, 22, 28, ...). Received: {depth}"
+        )
+    return (2, 3, 4)
+
+
 def build_wide_resnet(
     num_classes, input_shape, attention=None, sync_bn=False, dropout=0.0, *, depth=16, width=8
 ):
     """Wide ResNet WRN-`depth`-`width`: pre-activation basic units, (depth - 4) / 6 per
     stage, widths 16k-32k-64k for k = `width`."""
-    if (depth - 4) % 6 or depth < 10:
-        raise ConfigError(
-            f"model.options.depth: must be 6n + 4 (10, 16, 22, 28, ...). Received: {depth}"
-        )
     return build_resnet(
         num_classes,
         input_shape,
@@ -333,5 +334,5 @@ register_model(
     input_size=32,
     num_classes=10,
     placements=PLACEMENTS,
-    stages=CIFAR_STAGES,
+    check=check_wide_resnet,
 )
