@@ -4,6 +4,7 @@ A new registration is covered by the parametrised tests without new test code.
 """
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -279,3 +280,17 @@ def test_a_densenet_architecture_is_set_by_its_options():
     concats = [layer.name for layer in model.layers if layer.name.endswith("_concat")]
     assert concats == ["conv2_block1_concat", "conv3_block1_concat", "conv3_block2_concat"]
     assert model.get_layer("conv3_block2_2_conv").filters == 8
+
+
+def test_the_readme_keras_example_builds_what_it_says():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### In Keras code", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    keras.backend.clear_session()
+    names = {}
+    exec(code, names)
+    assert count_parameters(names["model"])[0] == 28_088_024  # SE-ResNet-50, as the paper
+    custom = names["custom"]
+    units = [layer.name for layer in custom.layers if layer.name.endswith("_add")]
+    assert len(units) == 8 and sum(layer.name.endswith("_se") for layer in custom.layers) == 4
+    assert names["outputs"].shape == (None, 32, 32, 64)
