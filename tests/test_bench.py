@@ -22,8 +22,11 @@ def test_variants_are_the_config_with_their_overrides_then_keras_fit():
     assert (plain, configured, keras, runner) == ("plain", "configured", KERAS_FIT, "keras_fit")
     assert plain_config.model.attention.kind == "none" and se_config.model.attention.ratio == 8
     assert keras_config is plain_config  # keras.applications is compared with the plain net
-    # a model without a keras.applications counterpart has no such variant
+    # a model without a keras.applications counterpart has no such variant, nor one that
+    # model.options make another network
     assert [name for name, *_ in variant_configs(make_config())] == ["plain", "configured"]
+    custom = make_config("model=se_resnet50", "+model.options.depths=[2,2,2,2]")
+    assert [name for name, *_ in variant_configs(custom)] == ["plain", "configured"]
     # variants are removed and added by name
     config = make_config(
         "~bench.variants.plain", '+bench.variants.xla=["trainer.jit_compile=true"]'

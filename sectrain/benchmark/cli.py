@@ -66,7 +66,12 @@ def variant_configs(config):
         except Exception as error:  # a bad override: name the variant
             raise ConfigError(f"bench.variants.{name}: {error}") from None
     first = variants[0][2]
-    if config.bench.keras_fit and first.model.name in KERAS_APPLICATIONS:
+    # model.options may make it another network than its counterpart
+    if (
+        config.bench.keras_fit
+        and first.model.name in KERAS_APPLICATIONS
+        and not first.model.options
+    ):
         variants.append((KERAS_FIT, "keras_fit", first))
     return variants
 
