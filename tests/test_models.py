@@ -110,6 +110,21 @@ PAPER_LAYOUT = {
 }
 
 
+@pytest.mark.parametrize(
+    "name, keras_total, bn_trainable",
+    [("vgg16", 138_357_544, 138_365_992), ("vgg19", 143_667_240, 143_678_248)],
+)
+def test_vgg_has_the_keras_applications_and_torchvision_counts(name, keras_total, bn_trainable):
+    # VGG's classifier flattens 7x7 maps: its size depends on the input, counted at 224
+    shape = (224, 224, 3)
+    keras.backend.clear_session()
+    plain = build_model(name, num_classes=1000, input_shape=shape, batch_norm=False)
+    assert plain.count_params() == keras_total  # keras.applications VGG16 / VGG19
+    keras.backend.clear_session()
+    with_bn = build_model(name, num_classes=1000, input_shape=shape)
+    assert count_parameters(with_bn)[0] == bn_trainable  # torchvision vgg16_bn / vgg19_bn
+
+
 @pytest.mark.parametrize("name, trainable", PAPER_LAYOUT.items())
 def test_plain_resnets_have_the_paper_layout_trainable_count(name, trainable):
     assert count_parameters(built(name, num_classes=1000))[0] == trainable
@@ -181,7 +196,7 @@ def test_se_3x3_and_nosqueeze_match_tables_15_and_16(attention, gflops, millions
 
 @pytest.mark.parametrize(
     "name, size, plain, se",
-    [("resnet50", 224, 3.86, 3.87), ("mobilenet", 224, 0.569, 0.572)],
+    [("resnet50", 224, 3.86, 3.87), ("mobilenet", 224, 0.569, 0.572), ("vgg16", 224, 15.47, 15.48)],
 )
 def test_flops_match_the_paper_at_its_precision(name, size, plain, se):
     shape = (size, size, 3)

@@ -84,9 +84,13 @@ def conv_bn(
 
 
 def classifier(x, num_classes, dropout=0.0):
-    """Global average pooling, optional dropout, and a dense layer giving float32 logits
-    (float32 even under mixed precision, for a stable softmax and loss)."""
+    """Global average pooling, optional dropout, and the logits."""
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
+    return logits(x, num_classes)
+
+
+def logits(x, num_classes):
+    """The dense layer giving a model's logits, in float32 even under mixed precision."""
     return layers.Dense(num_classes, dtype="float32", name="predictions")(x)

@@ -2,7 +2,7 @@
 builder takes `num_classes`, `input_shape`, `attention` (a dict of attention settings,
 or None), `sync_bn` and `dropout`, and returns a Keras model that outputs logits."""
 
-from sectrain.models import densenet, inception, mobilenet, resnet  # noqa: F401 (registers)
+from sectrain.models import densenet, inception, mobilenet, resnet, vgg  # noqa: F401 (registers)
 from sectrain.models.registry import MODELS, ModelSpec, build_model, check_model
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "check_model"]

@@ -24,14 +24,17 @@ def _imagenet():
         ("resnet152", (22.42, 6.34), (21.57, 5.73)),
         ("resnext50_32x4d", (22.11, 5.90), (21.10, 5.49)),
         ("resnext101_32x4d", (21.18, 5.57), (20.70, 5.01)),
+        ("vgg16", (27.02, 8.81), (25.22, 7.70)),
         ("inception_resnet_v2", (20.37, 5.21), (19.80, 4.79)),
     ):
         for kind, errors in (("none", plain), ("se", se)):
             config = {"model.name": model, "data.name": IMAGENET, "model.attention.kind": kind}
+            if model == "vgg16":  # the paper adds batch norm to VGG-16
+                config["model.options.batch_norm"] = True
             rows.append(Published("Table 2", config, *errors))
     for kind, errors in (("none", (28.4, 9.4)), ("se", (25.3, 7.7))):
         config = {"model.name": "mobilenet", "data.name": IMAGENET, "model.attention.kind": kind}
-        rows.append(Published("Table 3", config, *errors))
+        rows.append(Published("Table 3", {**config, "model.options.alpha": 1.0}, *errors))
     return rows
 
 
@@ -106,7 +109,12 @@ def lookup(paper, config):
             node = node[part]
         return node
 
+    options = {f"model.options.{key}" for key in value("model.options") or {}}
     for row in PUBLISHED.get(paper, []):
-        if all(value(key) == wanted for key, wanted in row.config.items()):
+        # model.options shape the network: a run that sets one its row does not list
+        # is another network than the paper's
+        if options <= row.config.keys() and all(
+            value(key) == wanted for key, wanted in row.config.items()
+        ):
             return row
     return None
