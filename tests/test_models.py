@@ -195,23 +195,34 @@ def test_se_3x3_and_nosqueeze_match_tables_15_and_16(attention, gflops, millions
 
 
 @pytest.mark.parametrize(
-    "name, size, plain, se",
-    [("resnet50", 224, 3.86, 3.87), ("mobilenet", 224, 0.569, 0.572), ("vgg16", 224, 15.47, 15.48)],
+    "name, attention, printed",
+    [
+        ("resnet50", None, 3.86),
+        ("resnet50", SE, 3.87),
+        ("mobilenet", None, 0.569),
+        ("mobilenet", SE, 0.572),
+        ("vgg16", None, 15.47),
+        ("vgg16", SE, 15.48),
+        ("bn_inception", None, 2.03),
+    ],
 )
-def test_flops_match_the_paper_at_its_precision(name, size, plain, se):
-    shape = (size, size, 3)
-    digits = len(str(plain).split(".")[1])
-    assert (
-        round(count_flops(built(name, num_classes=1000, input_shape=shape)) / 1e9, digits) == plain
-    )
-    assert round(count_flops(built(name, SE, 1000, shape)) / 1e9, digits) == se
+def test_flops_match_the_paper_at_its_precision(name, attention, printed):
+    digits = len(str(printed).split(".")[1])
+    flops = count_flops(built(name, attention, 1000, (224, 224, 3)))
+    assert round(flops / 1e9, digits) == printed
 
 
 @pytest.mark.parametrize(
-    "name, paper", [("resnet101", 7.58), ("resnet152", 11.30), ("resnext50_32x4d", 4.24)]
+    "name, attention, paper",
+    [
+        ("resnet101", None, 7.58),
+        ("resnet152", None, 11.30),
+        ("resnext50_32x4d", None, 4.24),
+        ("bn_inception", SE, 2.04),
+    ],
 )
-def test_deeper_resnet_flops_are_within_half_a_percent_of_the_paper(name, paper):
-    flops = count_flops(built(name, num_classes=1000, input_shape=(224, 224, 3))) / 1e9
+def test_flops_of_other_rows_are_within_half_a_percent_of_the_paper(name, attention, paper):
+    flops = count_flops(built(name, attention, 1000, (224, 224, 3))) / 1e9
     assert abs(flops - paper) / paper < 0.005
 
 
@@ -243,6 +254,10 @@ def test_stages_and_placement_select_where_attention_goes():
     post = se_layers(placement="post")
     assert len(post) == 16 and all(layer.name.endswith("_post_se") for layer in post)
     assert len(se_layers("inception_resnet_v2", placement="identity", stages=[5])) == 10
+    # BN-Inception: on each module's output, by the size it works at (3c and 4e reduce)
+    modules = [layer.name for layer in se_layers("bn_inception", stages=[4])]
+    assert modules == [f"inception_{m}_se" for m in ("3c", "4a", "4b", "4c", "4d")]
+    assert len(se_layers("vgg16", stages=[1, 5])) == 5  # after each convolution: 2 + 3
     on_3x3 = se_layers(placement="3x3")
     assert len(on_3x3) == 16 and on_3x3[0].input.shape[-1] == 64  # the 3x3's width
 

@@ -46,7 +46,7 @@ def test_every_job_of_every_experiment_is_a_valid_config(experiment):
 EXPECTED_TABLE_ROWS = {  # experiment -> (jobs, paper tables its jobs compare with)
     "table2": (10, {"Table 2"}),
     "table2_inception_resnet_v2": (2, {"Table 2"}),
-    "table2_vgg16": (2, {"Table 2"}),
+    "table2_vgg16_bn_inception": (4, {"Table 2"}),
     "table3_mobilenet": (2, {"Table 3"}),
     "table4_5_resnet": (8, {"Table 4", "Table 5"}),
     "table4_5_wrn": (4, {"Table 4", "Table 5"}),
@@ -90,7 +90,9 @@ def test_a_network_changed_by_model_options_meets_no_published_row():
     assert lookup("imagenet", config).top1_error == 23.29  # SE-ResNet-50
     config["model"]["options"] = {"depths": [2, 2, 2, 2]}
     assert lookup("imagenet", config) is None
-    vgg = make_config("+experiment=table2_vgg16", "model.options.batch_norm=false")
+    vgg = make_config(
+        "+experiment=table2_vgg16_bn_inception", "model=se_vgg16", "model.options.batch_norm=false"
+    )
     assert lookup("imagenet", OmegaConf.to_container(OmegaConf.structured(vgg))) is None
 
 

@@ -3,13 +3,18 @@
 - Inception V3 (Szegedy et al., "Rethinking the Inception Architecture for Computer
   Vision", 2016, https://arxiv.org/abs/1512.00567): the block on each Inception
   module's output.
+- BN-Inception (Ioffe and Szegedy, "Batch Normalization: Accelerating Deep Network
+  Training by Reducing Internal Covariate Shift", 2015, https://arxiv.org/abs/1502.03167):
+  the block on each Inception module's output, as the SE paper's SE-BN-Inception.
 - Inception-ResNet-v2 (Szegedy et al., "Inception-v4, Inception-ResNet and the Impact of
   Residual Connections on Learning", 2017, https://arxiv.org/abs/1602.07261): the block
   on each residual branch, before the scaled addition.
 
-Without attention both have the architecture and exact parameter counts of their
-keras.applications counterparts (batch norm without scale, as there). Stages are named
-by output stride 2^stage: 35x35 modules are stage 3, 17x17 stage 4, 8x8 stage 5.
+Without attention Inception V3 and Inception-ResNet-v2 have the architecture and exact
+parameter counts of their keras.applications counterparts (batch norm without scale, as
+there); BN-Inception follows the table of its paper's Figure 5, with convolutions without
+bias and batch norm with scale. Stages are named by output stride 2^stage: 35x35 (28x28
+in BN-Inception) modules are stage 3, 17x17 (14x14) stage 4, 8x8 (7x7) stage 5.
 """
 
 from sectrain.lazy import lazy_import
@@ -188,6 +193,50 @@ def build_inception_resnet_v2(num_classes, input_shape, attention=None, sync_bn=
     return keras.Model(inputs, outputs, name="inception_resnet_v2")
 
 
+# BN-Inception's modules (Figure 5 of Ioffe and Szegedy): name, 1x1 width (0: none),
+# 3x3 reduce and width, double-3x3 reduce and width, pool kind, pool projection width
+# (0: the pooled input passes through), stride (2: a reduction module)
+BN_INCEPTION_MODULES = [
+    ("3a", 64, (64, 64), (64, 96), "avg", 32, 1),
+    ("3b", 64, (64, 96), (64, 96), "avg", 64, 1),
+    ("3c", 0, (128, 160), (64, 96), "max", 0, 2),
+    ("4a", 224, (64, 96), (96, 128), "avg", 128, 1),
+    ("4b", 192, (96, 128), (96, 128), "avg", 128, 1),
+    ("4c", 160, (128, 160), (128, 160), "avg", 128, 1),
+    ("4d", 96, (128, 192), (160, 192), "avg", 128, 1),
+    ("4e", 0, (128, 192), (192, 256), "max", 0, 2),
+    ("5a", 352, (192, 320), (160, 224), "avg", 128, 1),
+    ("5b", 352, (192, 320), (192, 224), "max", 128, 1),
+]
+
+
+def build_bn_inception(num_classes, input_shape, attention=None, sync_bn=False, dropout=0.0):
+    """BN-Inception with `attention` on each of its ten Inception modules' output."""
+    plan = attention_layers.AttentionPlan(attention)
+    inputs = keras.Input(input_shape, name="images")
+
+    def conv(x, filters, kernel_size, name, strides=1):
+        return common.conv_bn(x, filters, kernel_size, strides, name, sync_bn)
+
+    x = conv(inputs, 64, 7, "conv1", strides=2)
+    x = _pool("max", 2)(x)
+    x = conv(conv(x, 64, 1, "conv2_reduce"), 192, 3, "conv2")
+    x = _pool("max", 2)(x)
+    for module, n1x1, (r3, n3), (rd, nd), pool, projection, strides in BN_INCEPTION_MODULES:
+        name = f"inception_{module}"
+        branches = [] if not n1x1 else [conv(x, n1x1, 1, f"{name}_1x1")]
+        branches.append(conv(conv(x, r3, 1, f"{name}_3x3_reduce"), n3, 3, f"{name}_3x3", strides))
+        double = conv(conv(x, rd, 1, f"{name}_double_3x3_reduce"), nd, 3, f"{name}_double_3x3_1")
+        branches.append(conv(double, nd, 3, f"{name}_double_3x3_2", strides))
+        pooled = _pool(pool, strides)(x)
+        branches.append(conv(pooled, projection, 1, f"{name}_pool_proj") if projection else pooled)
+        # 28x28 modules are stage 3, 14x14 stage 4, 7x7 stage 5 (3c and 4e reduce)
+        stage = int(module[0]) + (strides == 2)
+        x = plan.apply(_concat(branches, f"{name}_output"), name, stage)
+    outputs = common.classifier(x, num_classes, dropout)
+    return keras.Model(inputs, outputs, name="bn_inception")
+
+
 register_model(
     "inception_v3", build_inception_v3, input_size=299, min_size=75, stages=INCEPTION_STAGES
 )
@@ -199,3 +248,4 @@ register_model(
     placements=RESIDUAL_PLACEMENTS,
     stages=INCEPTION_STAGES,
 )
+register_model("bn_inception", build_bn_inception, stages=INCEPTION_STAGES)
