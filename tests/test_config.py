@@ -95,6 +95,7 @@ def test_attention_kinds_match_the_registered_layers():
         (["model=se_densenet_bc", "model.options.depth=15"], "must be 6n + 4 with bottleneck"),
         (["model=se_densenet121", "+model.options.stem=deep"], "stem: unknown value 'deep'"),
         (["model=se_vgg16", "+model.options.depths=[2,2,3]"], "each of VGG's 5 blocks"),
+        (["model=se_shufflenet", "model.options.groups=5"], "groups: one of 1, 2, 3, 4, 8"),
         (["model=se_vgg16", "model.attention.placement=post"], "vgg16 supports standard"),
         (["model=se_densenet121", "+model.options.compression=1.5"], "must be at most 1"),
         (

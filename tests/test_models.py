@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from sectrain.layers.attention import ATTENTION_LAYERS, SqueezeExcite
+from sectrain.layers.common import ChannelShuffle
 from sectrain.models import MODELS, build_model
 from sectrain.models.profile import count_flops, count_parameters
 
@@ -224,6 +225,28 @@ def test_flops_match_the_paper_at_its_precision(name, attention, printed):
 def test_flops_of_other_rows_are_within_half_a_percent_of_the_paper(name, attention, paper):
     flops = count_flops(built(name, attention, 1000, (224, 224, 3))) / 1e9
     assert abs(flops - paper) / paper < 0.005
+
+
+def test_shufflenet_has_the_official_implementations_sizes():
+    shape = (224, 224, 3)
+    # megvii-model/ShuffleNet-Series: 1x, 138 MFLOPs with 1.9M (g = 3) and 2.4M (g = 8)
+    for groups, millions in ((3, 1.9), (8, 2.4)):
+        keras.backend.clear_session()
+        model = build_model("shufflenet", num_classes=1000, input_shape=shape, groups=groups)
+        assert round(count_parameters(model)[0] / 1e6, 1) == millions
+        assert abs(count_flops(model) / 138e6 - 1) < 0.005
+    # the SE paper's Table 3: SE adds 0.6M (1.8M -> 2.4M) and 2 MFLOPs (140 -> 142)
+    plain = built("shufflenet", None, 1000, shape)
+    se = built("shufflenet", SE, 1000, shape)
+    assert round((count_parameters(se)[0] - count_parameters(plain)[0]) / 1e6, 1) == 0.6
+    assert round((count_flops(se) - count_flops(plain)) / 1e6) == 2
+
+
+def test_channel_shuffle_interleaves_the_groups():
+    x = np.arange(6, dtype="float32").reshape(1, 1, 1, 6)  # groups [0 1 2] [3 4 5]
+    shuffled = ChannelShuffle(2)(x)
+    np.testing.assert_array_equal(np.ravel(shuffled), [0, 3, 1, 4, 2, 5])
+    assert ChannelShuffle.from_config(ChannelShuffle(2).get_config()).groups == 2
 
 
 @pytest.mark.parametrize(

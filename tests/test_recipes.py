@@ -47,7 +47,7 @@ EXPECTED_TABLE_ROWS = {  # experiment -> (jobs, paper tables its jobs compare wi
     "table2": (10, {"Table 2"}),
     "table2_inception_resnet_v2": (2, {"Table 2"}),
     "table2_vgg16_bn_inception": (4, {"Table 2"}),
-    "table3_mobilenet": (2, {"Table 3"}),
+    "table3": (4, {"Table 3"}),
     "table4_5_resnet": (8, {"Table 4", "Table 5"}),
     "table4_5_wrn": (4, {"Table 4", "Table 5"}),
     "ablation_ratio": (5, {"Table 10", "Tables 10-16"}),

@@ -65,6 +65,41 @@ class PadShortcut(layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="sectrain")
+class ChannelShuffle(layers.Layer):
+    """ShuffleNet's channel shuffle: with the channels in `groups` groups of n, channel
+    j of group i moves to position j * groups + i, so that the next grouped
+    convolution sees channels of every group.
+
+    Args:
+        groups: int, the groups of the grouped convolution before it.
+
+    Example:
+
+    >>> ChannelShuffle(2)(keras.ops.arange(4.0)[None, None, None, :]).numpy().ravel()
+    array([0., 2., 1., 3.], dtype=float32)
+    """
+
+    def __init__(self, groups, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = groups
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        channels = inputs.shape[-1]
+        x = ops.reshape(inputs, (-1, shape[1], shape[2], self.groups, channels // self.groups))
+        x = ops.transpose(x, (0, 1, 2, 4, 3))
+        return ops.reshape(x, (-1, shape[1], shape[2], channels))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(groups=self.groups)
+        return config
+
+
 def conv_bn(
     x,
     filters,

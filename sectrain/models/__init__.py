@@ -2,7 +2,14 @@
 builder takes `num_classes`, `input_shape`, `attention` (a dict of attention settings,
 or None), `sync_bn` and `dropout`, and returns a Keras model that outputs logits."""
 
-from sectrain.models import densenet, inception, mobilenet, resnet, vgg  # noqa: F401 (registers)
+from sectrain.models import (  # noqa: F401 (registers)
+    densenet,
+    inception,
+    mobilenet,
+    resnet,
+    shufflenet,
+    vgg,
+)
 from sectrain.models.registry import MODELS, ModelSpec, build_model, check_model
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "check_model"]
