@@ -27,6 +27,8 @@ def test_variants_are_the_config_with_their_overrides_then_keras_fit():
     assert [name for name, *_ in variant_configs(make_config())] == ["plain", "configured"]
     custom = make_config("model=se_resnet50", "+model.options.depths=[2,2,2,2]")
     assert [name for name, *_ in variant_configs(custom)] == ["plain", "configured"]
+    same = make_config("model=se_resnet50", "+model.options.depths=[3,4,6,3]")  # the defaults
+    assert [name for name, *_ in variant_configs(same)][-1] == KERAS_FIT
     # variants are removed and added by name
     config = make_config(
         "~bench.variants.plain", '+bench.variants.xla=["trainer.jit_compile=true"]'

@@ -34,6 +34,7 @@ from rich.table import Table
 from sectrain.cli import CONFIG_DIR, fail, run_checked
 from sectrain.config import check_value, validate
 from sectrain.errors import ConfigError
+from sectrain.models import MODELS
 
 # sectrain model name -> its keras.applications counterpart (the same network)
 KERAS_APPLICATIONS = {
@@ -66,11 +67,10 @@ def variant_configs(config):
         except Exception as error:  # a bad override: name the variant
             raise ConfigError(f"bench.variants.{name}: {error}") from None
     first = variants[0][2]
-    # model.options may make it another network than its counterpart
     if (
         config.bench.keras_fit
         and first.model.name in KERAS_APPLICATIONS
-        and not first.model.options
+        and not MODELS.get(first.model.name).changed(first.model.options)
     ):
         variants.append((KERAS_FIT, "keras_fit", first))
     return variants

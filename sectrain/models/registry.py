@@ -46,6 +46,12 @@ class ModelSpec:
             if name not in fixed and p.kind is p.KEYWORD_ONLY
         }
 
+    def changed(self, options):
+        """The entries of `options` (model.options) that differ from the builder's
+        defaults: those that make it another network than the registered one."""
+        defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options().items()}
+        return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
+
 
 def register_model(name, build, **spec):
     MODELS.register(name)(ModelSpec(build, **spec))
