@@ -88,8 +88,14 @@ def test_the_ablation_ratio_rows_are_the_papers():
 def test_a_network_changed_by_model_options_meets_no_published_row():
     config = OmegaConf.to_container(OmegaConf.structured(make_config("+experiment=table2")))
     assert lookup("imagenet", config).top1_error == 23.29  # SE-ResNet-50
+    config["model"]["options"] = {"depths": [3, 4, 6, 3]}  # ResNet-50's own: the same network
+    assert lookup("imagenet", config).top1_error == 23.29
     config["model"]["options"] = {"depths": [2, 2, 2, 2]}
     assert lookup("imagenet", config) is None
+    table3 = make_config("+experiment=table3", "model=se_mobilenet")
+    mobilenet = OmegaConf.to_container(OmegaConf.structured(table3))
+    mobilenet["model"]["options"] = {}  # alpha left at its default, 1.0: the paper's
+    assert lookup("imagenet", mobilenet).top1_error == 25.3
     vgg = make_config(
         "+experiment=table2_vgg16_bn_inception", "model=se_vgg16", "model.options.batch_norm=false"
     )

@@ -4,6 +4,8 @@ the config values (dotted keys) that identify it within its set."""
 
 from dataclasses import dataclass, field
 
+from sectrain.models import MODELS
+
 
 @dataclass(frozen=True)
 class Published:
@@ -105,21 +107,29 @@ PAPER_SETS = tuple(PUBLISHED)
 
 def lookup(paper, config):
     """The published row of set `paper` that `config` (a nested dict) matches, or None."""
-
-    def value(key):
-        node = config
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return node
-
-    options = {f"model.options.{key}" for key in value("model.options") or {}}
+    # model.options shape the network: the run's options with the builder's defaults
+    # filled in decide, and one that differs from its default must be listed by the row
+    name = _value(config, "model.name")
+    options = _value(config, "model.options") or {}
+    changed = options
+    if name in MODELS:
+        spec = MODELS.get(name)
+        options, changed = {**spec.options(), **options}, spec.changed(options)
+    settings = {**config, "model": {**config.get("model", {}), "options": options}}
     for row in PUBLISHED.get(paper, []):
-        # model.options shape the network: a run that sets one its row does not list
-        # is another network than the paper's
-        if options <= row.config.keys() and all(
-            value(key) == wanted for key, wanted in row.config.items()
+        listed = {key.removeprefix("model.options.") for key in row.config}
+        if changed.keys() <= listed and all(
+            _value(settings, key) == wanted for key, wanted in row.config.items()
         ):
             return row
     return None
+
+
+def _value(config, key):
+    """The value at dotted `key` of the nested dict `config`, or None."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
