@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sectrain.errors import ConfigError
 from sectrain.layers.attention import ATTENTION_LAYERS, SqueezeExcite
 from sectrain.layers.common import ChannelShuffle
 from sectrain.models import MODELS, build_model
@@ -324,6 +325,13 @@ def test_a_resnet_architecture_is_set_by_its_options():
     v1_5 = build_model("resnet50", num_classes=1000, input_shape=(224, 224, 3), stride_on_3x3=True)
     assert round(count_flops(v1_5) / 1e9, 2) == 4.09
     assert count_parameters(v1_5)[0] == PAPER_LAYOUT["resnet50"]
+
+
+def test_build_model_checks_options_as_the_command_line_does():
+    with pytest.raises(ConfigError, match="model.options.block: unknown value 'bottlenek'"):
+        build_model("resnet18", num_classes=10, input_shape=(32, 32, 3), block="bottlenek")
+    with pytest.raises(ConfigError, match="resnet18 has no option 'depth'"):
+        build_model("resnet18", num_classes=10, input_shape=(32, 32, 3), depth=18)
 
 
 def test_a_densenet_architecture_is_set_by_its_options():

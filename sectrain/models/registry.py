@@ -8,6 +8,8 @@ from sectrain.errors import ConfigError
 from sectrain.registry import Registry
 
 MODELS = Registry("model.name")
+# what every builder takes besides its own options
+COMMON_ARGUMENTS = ("num_classes", "input_shape", "attention", "sync_bn", "dropout")
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,10 @@ class ModelSpec:
     def options(self):
         """The builder's own keyword arguments (`model.options.*`) and their defaults;
         `name`, the Keras model's name, is fixed when the model is registered."""
-        fixed = {"num_classes", "input_shape", "attention", "sync_bn", "dropout", "name"}
         return {
             name: p.default
             for name, p in inspect.signature(self.build).parameters.items()
-            if name not in fixed and p.kind is p.KEYWORD_ONLY
+            if name not in (*COMMON_ARGUMENTS, "name") and p.kind is p.KEYWORD_ONLY
         }
 
     def changed(self, options):
@@ -58,7 +59,13 @@ def register_model(name, build, **spec):
 
 
 def build_model(name, **kwargs):
-    """Builds the registered model `name`; see `ModelSpec.build` for the arguments."""
+    """Builds the registered model `name`; see `ModelSpec.build` for the arguments.
+
+    Raises:
+        ConfigError: for options the model does not take or cannot build.
+    """
+    options = {k: v for k, v in kwargs.items() if k not in COMMON_ARGUMENTS}
+    check_options(name, options, kwargs["input_shape"][0])
     return MODELS.get(name).build(**kwargs)
 
 
@@ -100,6 +107,25 @@ def check_model(name, attention, options, image_size):
     """Raises ConfigError if the model cannot take these attention settings, options or
     input size."""
     spec = MODELS.get(name)
+    stages = check_options(name, options, image_size)
+    if attention.kind != "none" and attention.placement not in spec.placements:
+        raise ConfigError(
+            f"model.attention.placement: {name} supports {', '.join(spec.placements)}. "
+            f"Received: {attention.placement}"
+        )
+    for stage in attention.stages or ():
+        if stage not in stages:
+            shaped = " with these model.options" if options else ""
+            raise ConfigError(
+                f"model.attention.stages: {name}{shaped} has stages {list(stages)}. "
+                f"Received: {stage}"
+            )
+
+
+def check_options(name, options, image_size):
+    """Raises ConfigError if model `name` does not take these options or cannot be built
+    with them at this input size; returns the stages of the network they build."""
+    spec = MODELS.get(name)
     allowed = spec.options()
     for option, value in options.items():
         if option not in allowed:
@@ -113,18 +139,6 @@ def check_model(name, attention, options, image_size):
             f"data.image_size: {name} needs inputs of at least {spec.min_size}x{spec.min_size}. "
             f"Received: {image_size}"
         )
-    stages = spec.stages
-    if spec.check is not None:
-        stages = tuple(spec.check(image_size, **{**allowed, **options}))
-    if attention.kind != "none" and attention.placement not in spec.placements:
-        raise ConfigError(
-            f"model.attention.placement: {name} supports {', '.join(spec.placements)}. "
-            f"Received: {attention.placement}"
-        )
-    for stage in attention.stages or ():
-        if stage not in stages:
-            shaped = " with these model.options" if options else ""
-            raise ConfigError(
-                f"model.attention.stages: {name}{shaped} has stages {list(stages)}. "
-                f"Received: {stage}"
-            )
+    if spec.check is None:
+        return spec.stages
+    return tuple(spec.check(image_size, **{**allowed, **options}))
