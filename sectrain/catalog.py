@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from sectrain.cli import CONFIG_DIR, fail, positive_int
+from sectrain.cli import CONFIG_DIR, config_groups, fail, positive_int
 from sectrain.config import ATTENTION_KINDS
 from sectrain.models import MODELS
 
@@ -41,8 +41,8 @@ def matching_models(pattern):
     names = MODELS.names(pattern)
     if names:
         return names
-    configs = [p for p in (CONFIG_DIR / "model").glob("*.yaml") if fnmatch.fnmatch(p.stem, pattern)]
-    return sorted({OmegaConf.load(path).name for path in configs})
+    configs = fnmatch.filter(config_groups()["model"], pattern)
+    return sorted({OmegaConf.load(CONFIG_DIR / "model" / f"{c}.yaml").name for c in configs})
 
 
 def main(argv=None):

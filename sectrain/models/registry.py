@@ -91,7 +91,6 @@ def _check_option(key, value, default):
     integer will do for a number), with every number positive: the builders' numbers
     are all depths, widths, rates or factors."""
     expected, received = _kind(default), _kind(value)
-    # an integer will do where a number is expected
     if default is not None and expected not in (received, received.replace("integer", "number")):
         article = "an" if expected[0] in "aeiou" else "a"
         example = list(default) if isinstance(default, tuple) else default  # as YAML writes it

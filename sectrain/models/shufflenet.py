@@ -73,4 +73,4 @@ def build_shufflenet(
     return keras.Model(inputs, outputs, name=f"shufflenet_g{groups}")
 
 
-register_model("shufflenet", build_shufflenet, stages=(3, 4, 5), check=check_shufflenet)
+register_model("shufflenet", build_shufflenet, check=check_shufflenet)

@@ -117,7 +117,7 @@ def lookup(paper, config):
         options, changed = {**spec.options(), **options}, spec.changed(options)
     settings = {**config, "model": {**config.get("model", {}), "options": options}}
     for row in PUBLISHED.get(paper, []):
-        listed = {key.removeprefix("model.options.") for key in row.config}
+        listed = {key.split(".")[-1] for key in row.config if key.startswith("model.options.")}
         if changed.keys() <= listed and all(
             _value(settings, key) == wanted for key, wanted in row.config.items()
         ):
