@@ -327,6 +327,43 @@ def test_a_resnet_architecture_is_set_by_its_options():
     assert count_parameters(v1_5)[0] == PAPER_LAYOUT["resnet50"]
 
 
+@pytest.mark.parametrize(
+    "name, unit_input, unit_output",
+    [
+        ("cifar_resnet20", "conv2_block1_out", "conv2_block2_out"),
+        ("resnext50_32x4d", "conv3_block1_out", "conv3_block2_out"),
+        ("shufflenet", "stage3_unit1_relu", "stage3_unit2_relu"),
+        ("mobilenet_v2", "unit2_se", "unit3_add"),
+    ],
+)
+def test_zero_init_last_starts_each_added_branch_at_zero(name, unit_input, unit_output):
+    keras.backend.clear_session()
+    shape = small_input(name)
+    model = build_model(name, num_classes=10, input_shape=shape, attention=SE, zero_init_last=True)
+    probe = keras.Model(
+        model.input, [model.get_layer(unit_input).output, model.get_layer(unit_output).output]
+    )
+    images = np.random.default_rng(0).normal(size=(2, *shape)).astype("float32")
+    before, after = (np.asarray(t) for t in probe(images, training=True))
+    # the unit passes its input on unchanged (ReLU of a ReLU output is itself) ...
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    assert np.abs(before).max() > 0
+    # ... while the first unit of a stage, without an addition, keeps its branch
+    if name == "shufflenet":
+        assert model.get_layer("stage3_unit1_2_bn").gamma.numpy().min() == 1
+    # and one training step moves the zeroed scales
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    model.train_on_batch(images, np.array([0, 1]))
+    gammas = [layer.gamma.numpy() for layer in model.layers if layer.name.endswith("_bn")]
+    assert all(np.isfinite(g).all() for g in gammas)
+    assert any(g.min() != 1 and np.abs(g).max() > 0 for g in gammas)
+
+
+def test_zero_init_last_is_refused_for_pre_activation_units():
+    with pytest.raises(ConfigError, match="zero_init_last: a pre-activation unit ends"):
+        build_model("preact_resnet18", num_classes=10, input_shape=(32, 32, 3), zero_init_last=True)
+
+
 def test_build_model_checks_options_as_the_command_line_does():
     with pytest.raises(ConfigError, match="model.options.block: unknown value 'bottlenek'"):
         build_model("resnet18", num_classes=10, input_shape=(32, 32, 3), block="bottlenek")

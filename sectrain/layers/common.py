@@ -9,9 +9,16 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def batch_norm(name, synchronized=False, scale=True):
+def batch_norm(name, synchronized=False, scale=True, zero_init=False):
+    """Batch norm; `zero_init` starts its scale at 0, so that a residual branch it ends
+    adds nothing at first (Goyal et al., https://arxiv.org/abs/1706.02677, Section 5.1)."""
     return layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, scale=scale, name=name
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        synchronized=synchronized,
+        scale=scale,
+        gamma_initializer="zeros" if zero_init else "ones",
+        name=name,
     )
 
 
@@ -111,10 +118,11 @@ def conv_bn(
     activation="relu",
     scale=True,
     groups=1,
+    zero_init=False,
 ):
     """Convolution without bias, batch norm, then `activation` (None: none)."""
     x = conv(filters, kernel_size, strides, f"{name}_conv", groups, padding)(x)
-    x = batch_norm(f"{name}_bn", sync_bn, scale)(x)
+    x = batch_norm(f"{name}_bn", sync_bn, scale, zero_init)(x)
     return x if activation is None else layers.Activation(activation, name=f"{name}_act")(x)
 
 

@@ -84,9 +84,17 @@ def make_divisible(value, divisor=8):
 
 
 def build_mobilenet_v2(
-    num_classes, input_shape, attention=None, sync_bn=False, dropout=0.0, *, alpha=1.0
+    num_classes,
+    input_shape,
+    attention=None,
+    sync_bn=False,
+    dropout=0.0,
+    *,
+    alpha=1.0,
+    zero_init_last=False,
 ):
-    """MobileNetV2 with width multiplier `alpha`."""
+    """MobileNetV2 with width multiplier `alpha`; `zero_init_last` starts the scale of
+    the last batch norm of each unit that adds its input at 0."""
     plan = attention_layers.AttentionPlan(attention)
     inputs = keras.Input(input_shape, name="images")
     x = common.conv_bn(
@@ -105,10 +113,20 @@ def build_mobilenet_v2(
                 y = common.conv_bn(
                     y, expansion * x.shape[-1], 1, 1, f"{name}_expand", sync_bn, activation="relu6"
                 )
+            residual = strides == 1 and x.shape[-1] == out_channels
             y = _depthwise_bn(y, strides, name, sync_bn)
-            y = common.conv_bn(y, out_channels, 1, 1, f"{name}_project", sync_bn, activation=None)
+            y = common.conv_bn(
+                y,
+                out_channels,
+                1,
+                1,
+                f"{name}_project",
+                sync_bn,
+                activation=None,
+                zero_init=zero_init_last and residual,
+            )
             y = plan.apply(y, name, _stage(stride))
-            if strides == 1 and x.shape[-1] == out_channels:
+            if residual:
                 y = keras.layers.Add(name=f"{name}_add")([x, y])
             x = y
     last = make_divisible(1280 * alpha) if alpha > 1.0 else 1280

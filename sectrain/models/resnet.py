@@ -42,13 +42,14 @@ SHORTCUTS = ("projection", "projection3x3", "pad")
 
 class _Units:
     """What every residual unit of one network shares: activation order, attention
-    settings, shortcut kind and batch-norm synchronisation."""
+    settings, shortcut kind, batch-norm synchronisation and initialisation."""
 
-    def __init__(self, attention, sync_bn, preact, shortcut):
+    def __init__(self, attention, sync_bn, preact, shortcut, zero_init_last):
         self.plan = attention_layers.AttentionPlan(attention)
         self.sync_bn = sync_bn
         self.preact = preact
         self.shortcut_kind = shortcut
+        self.zero_init_last = zero_init_last
 
     def bn_relu(self, x, name):
         x = common.batch_norm(f"{name}_bn", self.sync_bn)(x)
@@ -60,7 +61,8 @@ class _Units:
         make_conv = common.conv(filters, kernel_size, strides, name=f"{name}_conv", groups=groups)
         if self.preact:
             return make_conv(x if first else self.bn_relu(x, name))
-        x = common.batch_norm(f"{name}_bn", self.sync_bn)(make_conv(x))
+        zero_init = last and self.zero_init_last
+        x = common.batch_norm(f"{name}_bn", self.sync_bn, zero_init=zero_init)(make_conv(x))
         return x if last else keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
     def shortcut(self, x, filters, strides, name, project_from=None):
@@ -108,7 +110,9 @@ def _stem(units, x, stem, width):
     return x if units.preact else units.bn_relu(x, "conv1")
 
 
-def check_architecture(image_size, *, block, depths, planes, stem, shortcut, **others):
+def check_architecture(
+    image_size, *, block, depths, planes, stem, shortcut, preact, zero_init_last, **others
+):
     """Raises ConfigError for model.options that `build_resnet` cannot build; returns the
     network's stage numbers. (The registry has checked the kinds of all options.)"""
     for key, value, choices in (
@@ -122,6 +126,11 @@ def check_architecture(image_size, *, block, depths, planes, stem, shortcut, **o
         raise ConfigError(
             f"model.options.depths: give one depth per stage, as many as model.options.planes "
             f"has widths ({list(planes)}). Received: {list(depths)}"
+        )
+    if preact and zero_init_last:
+        raise ConfigError(
+            "model.options.zero_init_last: a pre-activation unit ends in a convolution, "
+            "not a batch norm; it applies to post-activation networks only"
         )
     return range(FIRST_STAGE, FIRST_STAGE + len(depths))
 
@@ -144,6 +153,7 @@ def build_resnet(
     width_per_group=64,
     first_1x1_scale=1.0,
     stride_on_3x3=False,
+    zero_init_last=False,
     name="resnet",
 ):
     """Builds a network of the residual family.
@@ -173,12 +183,14 @@ def build_resnet(
         first_1x1_scale: float, width of the first 1x1 relative to the 3x3 width.
         stride_on_3x3: bool, put a downsampling bottleneck's stride on its 3x3 instead
             of its first 1x1.
+        zero_init_last: bool, start the scale of each residual branch's last batch norm
+            at 0, so that every unit begins as its shortcut (post-activation units).
         name: str, the model's name.
 
     Returns:
         A `keras.Model` mapping images to logits.
     """
-    units = _Units(attention, sync_bn, preact, shortcut)
+    units = _Units(attention, sync_bn, preact, shortcut, zero_init_last)
     inputs = keras.Input(input_shape, name="images")
     x = _stem(units, inputs, stem, stem_width)
     for index, (depth, width) in enumerate(zip(depths, planes)):

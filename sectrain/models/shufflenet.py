@@ -25,7 +25,7 @@ UNITS = (4, 8, 4)
 STEM_WIDTH = 24
 
 
-def check_shufflenet(image_size, *, groups):
+def check_shufflenet(image_size, *, groups, zero_init_last):
     """Raises ConfigError for groups the ShuffleNet paper does not define; returns the
     stage numbers."""
     if groups not in STAGE_WIDTHS:
@@ -36,9 +36,17 @@ def check_shufflenet(image_size, *, groups):
 
 
 def build_shufflenet(
-    num_classes, input_shape, attention=None, sync_bn=False, dropout=0.0, *, groups=3
+    num_classes,
+    input_shape,
+    attention=None,
+    sync_bn=False,
+    dropout=0.0,
+    *,
+    groups=3,
+    zero_init_last=False,
 ):
-    """ShuffleNet 1x with `groups` groups in its 1x1 convolutions."""
+    """ShuffleNet 1x with `groups` groups in its 1x1 convolutions; `zero_init_last`
+    starts the scale of the last batch norm of each unit that adds its input at 0."""
     plan = attention_layers.AttentionPlan(attention)
     inputs = keras.Input(input_shape, name="images")
     x = common.conv_bn(inputs, STEM_WIDTH, 3, 2, "conv1", sync_bn)
@@ -58,7 +66,15 @@ def build_shufflenet(
             )(y)
             y = common.batch_norm(f"{name}_dw_bn", sync_bn)(y)
             y = common.conv_bn(
-                y, branch_out, 1, 1, f"{name}_2", sync_bn, activation=None, groups=groups
+                y,
+                branch_out,
+                1,
+                1,
+                f"{name}_2",
+                sync_bn,
+                activation=None,
+                groups=groups,
+                zero_init=zero_init_last and strides == 1,
             )
             y = plan.apply(y, name, stage)
             if strides == 2:
