@@ -52,6 +52,7 @@ class ModelConfig:
 class AugmentConfig:
     pad_crop: int = 0  # zero-pad by this many pixels, then random crop back; 0: off
     flip: bool = False  # random horizontal flip
+    cutout: int = 0  # side of a square set to the mean colour at a random place; 0: off
     # random-size crop (ImageNet recipe): the crop's area as a fraction of the image,
     # e.g. [0.08, 1.0]; null: off (the whole image is resized)
     scale: list[float] | None = None
@@ -283,6 +284,7 @@ def _check(c: Config):
     _at_least("data.image_size", d.image_size, 8)
     _between("data.val_fraction", d.val_fraction, 0.01, 0.9)
     _at_least("data.augment.pad_crop", d.augment.pad_crop, 0)
+    _between("data.augment.cutout", d.augment.cutout, 0, d.image_size)
     _at_least("data.shuffle_buffer", d.shuffle_buffer, 1)
     _choice("data.bad_images", d.bad_images, BAD_IMAGES)
     _between("data.eval_crop", d.eval_crop, 0.1, 1.0)

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from sectrain.errors import ConfigError
 from sectrain.layers.attention import ATTENTION_LAYERS, SqueezeExcite
-from sectrain.layers.common import ChannelShuffle
+from sectrain.layers.common import ChannelShuffle, ShakeShake
 from sectrain.models import MODELS, build_model
 from sectrain.models.profile import count_flops, count_parameters
 
@@ -258,6 +258,9 @@ def test_channel_shuffle_interleaves_the_groups():
         ("densenet_cifar", 0.77),  # DenseNet-BC-100, k = 12: 0.8M
         ("cifar_resnet20", 0.27),
         ("cifar_resnet110", 1.73),
+        ("shake_shake26_2x96d", 26.19),  # Gastaldi 2017: 26.2M
+        # two branches of 4 x 64d are ResNeXt-29 8x64d (Xie et al.: 34.4M, 10 classes)
+        ("shake_even29_2x4x64d", 34.44),
     ],
 )
 def test_cifar_networks_have_their_papers_sizes(name, millions):
@@ -392,3 +395,66 @@ def test_the_readme_keras_example_builds_what_it_says():
     units = [layer.name for layer in custom.layers if layer.name.endswith("_add")]
     assert len(units) == 8 and sum(layer.name.endswith("_se") for layer in custom.layers) == 4
     assert names["outputs"].shape == (None, 32, 32, 64)
+
+
+@pytest.mark.parametrize("backward", ["shake", "even", "keep"])
+def test_shake_shake_mixes_forward_and_backward_as_configured(backward):
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.normal(size=(8, 2, 2, 3)).astype("float32"))
+    b = tf.constant(rng.normal(size=(8, 2, 2, 3)).astype("float32"))
+    layer = ShakeShake("shake", backward, seed=1)
+    np.testing.assert_allclose(layer([a, b], training=False), 0.5 * (a + b), rtol=1e-6)
+    with tf.GradientTape() as tape:
+        tape.watch(a)
+        out = layer([a, b], training=True)
+        loss = tf.reduce_sum(out)
+    # one alpha per image, in [0, 1): out = alpha a + (1 - alpha) b
+    alpha = ((out - b) / (a - b)).numpy().reshape(8, -1)
+    np.testing.assert_allclose(alpha, alpha[:, :1].repeat(alpha.shape[1], 1), atol=1e-4)
+    assert ((alpha >= 0) & (alpha < 1)).all() and alpha[:, 0].std() > 0.05
+    beta = tape.gradient(loss, a).numpy().reshape(8, -1)[:, 0]
+    if backward == "even":
+        np.testing.assert_allclose(beta, 0.5)
+    elif backward == "keep":
+        np.testing.assert_allclose(beta, alpha[:, 0], atol=1e-4)
+    else:  # drawn anew
+        assert ((beta >= 0) & (beta < 1)).all() and np.abs(beta - alpha[:, 0]).max() > 0.05
+    config = ShakeShake.from_config(layer.get_config()).get_config()
+    assert (config["forward"], config["backward"], config["seed"]) == ("shake", backward, 1)
+
+
+def test_shake_shake_networks_have_the_shake_shake_papers_parts(tmp_path):
+    model = built("shake_shake26_2x96d", SE)
+    shakes = [layer for layer in model.layers if isinstance(layer, ShakeShake)]
+    assert len(shakes) == 12 and {(s.forward, s.backward) for s in shakes} == {("shake", "shake")}
+    assert model.get_layer("conv4_block4_branch2_2_conv").filters == 384
+    # the SE block acts on the shaken residual, before the addition
+    assert model.get_layer("conv2_block1_se").input is shakes[0].output
+    even = built("shake_even29_2x4x64d")
+    assert {layer.backward for layer in even.layers if isinstance(layer, ShakeShake)} == {"even"}
+    middle = even.get_layer("conv4_block3_branch1_2_conv")
+    assert (middle.filters, middle.groups) == (1024, 4)
+    assert even.get_layer("conv4_block3_branch1_3_conv").filters == 1024
+    # a small one survives saving and loading, shake settings included
+    keras.backend.clear_session()
+    small = build_model(
+        "shake_even29_2x4x64d", num_classes=10, input_shape=(32, 32, 3), depth=11, width=4
+    )
+    small.save(tmp_path / "shake.keras")
+    loaded = keras.models.load_model(tmp_path / "shake.keras")
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(images), small(images), rtol=1e-5, atol=1e-5)
+    assert loaded.get_layer("conv2_block1_shake").backward == "even"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"depth": 27}, r"model.options.depth: a basic network has 6n \+ 2 layers"),
+        ({"groups": 4}, "model.options.groups: basic branches have no grouped convolution"),
+        ({"forward": "keep"}, "model.options.forward: unknown value 'keep'"),
+    ],
+)
+def test_shake_shake_options_it_cannot_build_are_config_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model("shake_shake26_2x96d", num_classes=10, input_shape=(32, 32, 3), **options)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from sectrain.cli import CONFIG_DIR
 from sectrain.config import validate
-from sectrain.data.augment import random_size_crop
+from sectrain.data.augment import cutout, random_size_crop
 from sectrain.data.images import centre_crop, eval_image
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
@@ -50,6 +50,8 @@ EXPECTED_TABLE_ROWS = {  # experiment -> (jobs, paper tables its jobs compare wi
     "table3": (4, {"Table 3"}),
     "table4_5_resnet": (8, {"Table 4", "Table 5"}),
     "table4_5_wrn": (4, {"Table 4", "Table 5"}),
+    "table4_shake_shake": (2, {"Table 4"}),
+    "table5_shake_even": (2, {"Table 5"}),
     "ablation_ratio": (5, {"Table 10", "Tables 10-16"}),
     "ablation_squeeze": (3, {"Table 11", "Table 16", "Tables 10-16"}),
     "ablation_gate": (3, {"Table 12", "Tables 10-16"}),
@@ -102,6 +104,17 @@ def test_a_network_changed_by_model_options_meets_no_published_row():
     assert lookup("imagenet", OmegaConf.to_container(OmegaConf.structured(vgg))) is None
 
 
+def test_the_shake_shake_rows_need_cutout_and_the_published_shake():
+    def config(*overrides):
+        made = make_config("+experiment=table4_shake_shake", *overrides)
+        return OmegaConf.to_container(OmegaConf.structured(made))
+
+    assert lookup("cifar", config()).top1_error == 2.12
+    assert lookup("cifar", config("model/attention=none")).top1_error == 2.56
+    assert lookup("cifar", config("data.augment.cutout=0")) is None
+    assert lookup("cifar", config("model.options.backward=even")) is None
+
+
 def test_imagenet_recipe_matches_the_paper(tmp_path):
     config = make_config("+experiment=imagenet_recipe")
     assert config.model.name == "resnet50" and config.data.name == "imagenet2012"
@@ -120,7 +133,12 @@ def test_imagenet_recipe_matches_the_paper(tmp_path):
 
 @pytest.mark.parametrize(
     "experiment, size, channels",
-    [("imagenet_recipe", 224, 3), ("table2_inception_resnet_v2", 299, 3), ("cifar_recipe", 32, 3)],
+    [
+        ("imagenet_recipe", 224, 3),
+        ("table2_inception_resnet_v2", 299, 3),
+        ("cifar_recipe", 32, 3),
+        ("table4_shake_shake", 32, 3),  # with Cutout
+    ],
 )
 def test_recipe_pipelines_build_on_mock_data(experiment, size, channels):
     config = make_config(f"+experiment={experiment}")
@@ -129,7 +147,7 @@ def test_recipe_pipelines_build_on_mock_data(experiment, size, channels):
         train, val, (mean, std) = make_pipelines(source, config.data, 4, seed=0)
         images, labels = next(iter(train))
         val_images, _ = next(iter(val))
-    assert source.encoded == (experiment != "cifar_recipe")  # ImageNet crops full images
+    assert source.encoded == (size > 32)  # ImageNet crops full images
     assert images.shape == (4, size, size, channels) and val_images.shape == images.shape
     assert labels.shape == (4,) and int(tf.reduce_max(labels)) < source.num_classes
     assert np.isfinite(images.numpy()).all()
@@ -181,6 +199,24 @@ def test_random_size_crop_of_encoded_images_equals_that_of_decoded_ones():
     np.testing.assert_allclose(jpeg.numpy(), jpeg_decoded.numpy(), atol=2 / 255)
 
 
+def test_cutout_sets_one_square_to_zero_clipped_at_the_borders():
+    image = tf.ones((32, 32, 3))
+    sides = []
+    for index in range(30):
+        out = cutout(image, tf.constant([0, index], tf.int64), 8).numpy()
+        np.testing.assert_array_equal(out[..., 0], out[..., 2])  # every channel alike
+        rows, cols = np.nonzero(out[..., 0] == 0)
+        height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+        # one axis-aligned rectangle of zeros, 8 x 8 unless cut by a border
+        assert len(rows) == height * width and height <= 8 and width <= 8
+        assert (out != 0).sum() == 3 * (1024 - len(rows))
+        sides.append((height, width, rows.min(), cols.min()))
+    assert (8, 8) in {s[:2] for s in sides} and min(min(s[:2]) for s in sides) < 8
+    assert len({s[2:] for s in sides}) > 10  # the place varies with the seed
+    again = cutout(image, tf.constant([0, 3], tf.int64), 8)
+    np.testing.assert_array_equal(again, cutout(image, tf.constant([0, 3], tf.int64), 8))
+
+
 def test_centre_crop_evaluation_is_the_papers_256_to_224():
     image = gradient_image(256, 320)
     crop = centre_crop(tf.constant(image), 0.875)
@@ -227,6 +263,7 @@ def test_label_smoothing_trains_on_the_smoothed_targets(smoothing):
     [
         ("data.augment.scale=[0.5,0.1]", "data.augment.scale: give [low, high]"),
         ("data.eval_crop=1.5", "data.eval_crop: must be between 0.1 and 1.0"),
+        ("data.augment.cutout=-4", "data.augment.cutout: must be between 0 and 32"),
         ("trainer.label_smoothing=1.0", "trainer.label_smoothing: must be between"),
         ("paper=table99", "paper: unknown value 'table99'"),
     ],

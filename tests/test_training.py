@@ -187,8 +187,14 @@ def test_xla_defaults_and_what_a_mirrored_strategy_refuses():
         ("+model.options.depths=[1,1,1]", "+model.options.block=bottleneck"),
         ("model=se_vgg16", "+model.options.depths=[1,1,1,1,1]", "+model.options.fc_width=64"),
         ("model=se_bn_inception",),
+        (
+            "model=se_shake_shake26",
+            "+model.options.depth=8",
+            "+model.options.width=8",
+            "data.augment.cutout=8",
+        ),
     ],
-    ids=["mobilenet_v2", "densenet_bc", "wrn_eca", "custom_resnet", "vgg", "bn_inception"],
+    ids=["mobilenet_v2", "densenet_bc", "wrn_eca", "custom_resnet", "vgg", "bn_inception", "shake"],
 )
 def test_other_families_train_through_the_same_runner(overrides, tmp_path):
     config = make_config(*overrides, "trainer.epochs=1", "trainer.global_batch_size=256")

@@ -63,3 +63,25 @@ def augment(image, seed, pad_crop, flip):
     if flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     return image
+
+
+def cutout(image, seed, size):
+    """Zeroes a `size` x `size` square at a random centre, clipped at the image's borders
+    (DeVries and Taylor, "Improved Regularization of Convolutional Neural Networks with
+    Cutout", 2017, https://arxiv.org/abs/1708.04552). Applied to the normalised image, the
+    square takes the data set's mean colour.
+
+    Args:
+        image: float32 tensor (height, width, channels).
+        seed: int32 tensor of shape (2,), the example's seed.
+        size: int, the side of the square in pixels.
+    """
+    shape = tf.shape(image)
+    centre = tf.cast(
+        tf.random.stateless_uniform([2], seed) * tf.cast(shape[:2], tf.float32), tf.int32
+    )
+    rows = tf.range(shape[0])[:, None] - centre[0]
+    cols = tf.range(shape[1])[None, :] - centre[1]
+    half = size // 2
+    inside = (rows >= -half) & (rows < size - half) & (cols >= -half) & (cols < size - half)
+    return image * tf.cast(~inside, image.dtype)[:, :, None]

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from sectrain.data.augment import augment, random_size_crop
+from sectrain.data.augment import augment, cutout, random_size_crop
 from sectrain.data.images import decode_image, eval_image, to_float
 
 STATS_SAMPLE = 5000  # images used to measure the per-channel mean and std
@@ -84,8 +84,12 @@ def make_pipelines(source, data, global_batch_size, seed, skip=0):
             )
         else:
             image = eval_image(image, (height, width), channels, crop=1.0)
-        image = augment(image, augment_seed, a.pad_crop, a.flip)
-        return normalise(image, mean, std), label
+        image = normalise(augment(image, augment_seed, a.pad_crop, a.flip), mean, std)
+        if a.cutout:  # on the normalised image: the square takes the mean colour
+            image = cutout(
+                image, tf.random.experimental.stateless_fold_in(augment_seed, 1), a.cutout
+            )
+        return image, label
 
     train = source.train.cache() if data.cache else source.train
     train = (

@@ -137,3 +137,47 @@ def classifier(x, num_classes, dropout=0.0):
 def logits(x, num_classes):
     """The dense layer giving a model's logits, in float32 even under mixed precision."""
     return layers.Dense(num_classes, dtype="float32", name="predictions")(x)
+
+
+@keras.saving.register_keras_serializable(package="sectrain")
+class ShakeShake(layers.Layer):
+    """Combines two residual branches a and b as alpha * a + (1 - alpha) * b (Gastaldi,
+    "Shake-Shake regularization", 2017, https://arxiv.org/abs/1705.07485).
+
+    In training, `forward` draws alpha per image, uniform in [0, 1) ("shake"), or sets it
+    to 0.5 ("even"); gradients flow to the branches with weights beta and 1 - beta, where
+    `backward` draws beta anew per image ("shake"), sets it to 0.5 ("even") or keeps
+    alpha ("keep"). At inference alpha is 0.5.
+
+    Args:
+        forward: str, "shake" or "even".
+        backward: str, "shake", "even" or "keep".
+        seed: int or None, seed of the layer's random draws.
+    """
+
+    def __init__(self, forward="shake", backward="shake", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.forward, self.backward, self.seed = forward, backward, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        a, b = inputs
+        if not training:
+            return 0.5 * (a + b)
+        shape = (ops.shape(a)[0], 1, 1, 1)
+
+        def draw():
+            return keras.random.uniform(shape, dtype=a.dtype, seed=self.seed_generator)
+
+        alpha = draw() if self.forward == "shake" else 0.5
+        beta = {"shake": draw, "even": lambda: 0.5, "keep": lambda: alpha}[self.backward]()
+        # the value of alpha * a + (1 - alpha) * b, the gradients of beta * a + (1 - beta) * b
+        return beta * a + (1 - beta) * b + ops.stop_gradient((alpha - beta) * (a - b))
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(forward=self.forward, backward=self.backward, seed=self.seed)
+        return config

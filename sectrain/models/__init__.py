@@ -7,6 +7,7 @@ from sectrain.models import (  # noqa: F401 (registers)
     inception,
     mobilenet,
     resnet,
+    shakeshake,
     shufflenet,
     vgg,
 )

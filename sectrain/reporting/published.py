@@ -62,6 +62,14 @@ def _cifar():
             for kind, error in (("none", plain), ("se", se)):
                 config = {"model.name": model, "data.name": data, "model.attention.kind": kind}
                 rows.append(Published(table, {**config, **options}, error))
+    # the Shake-Shake networks, with Cutout, each on one data set
+    for model, data, table, cutout, errors in (
+        ("shake_shake26_2x96d", "cifar10", "Table 4", 16, (2.56, 2.12)),
+        ("shake_even29_2x4x64d", "cifar100", "Table 5", 8, (15.85, 15.41)),
+    ):
+        for kind, error in zip(("none", "se"), errors):
+            config = {"model.name": model, "data.name": data, "model.attention.kind": kind}
+            rows.append(Published(table, {**config, "data.augment.cutout": cutout}, error))
     return rows
 
 
