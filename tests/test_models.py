@@ -430,6 +430,17 @@ def test_shake_shake_networks_have_the_shake_shake_papers_parts(tmp_path):
     assert model.get_layer("conv4_block4_branch2_2_conv").filters == 384
     # the SE block acts on the shaken residual, before the addition
     assert model.get_layer("conv2_block1_se").input is shakes[0].output
+    # and the residual families' other placements apply as well
+    for placement, count, suffix in (("identity", 12, "_identity_se"), ("post", 12, "_post_se")):
+        placed = built("shake_shake26_2x96d", {**SE, "placement": placement})
+        names = [layer.name for layer in placed.layers if isinstance(layer, SqueezeExcite)]
+        assert len(names) == count and all(n.endswith(suffix) for n in names)
+    on_3x3 = built("shake_shake26_2x96d", {**SE, "placement": "3x3"}).get_layer(
+        "conv2_block1_branch2_3x3_se"
+    )
+    assert on_3x3.input.shape[-1] == 96
+    pre = built("shake_shake26_2x96d", {**SE, "placement": "pre"})
+    assert pre.get_layer("conv2_block1_pre_se").input.shape[-1] == 16  # the stem's width
     even = built("shake_even29_2x4x64d")
     assert {layer.backward for layer in even.layers if isinstance(layer, ShakeShake)} == {"even"}
     middle = even.get_layer("conv4_block3_branch1_2_conv")

@@ -2,7 +2,8 @@
 2017, https://arxiv.org/abs/1705.07485), the base networks of the SE paper's Tables 4
 and 5: each residual unit has two branches, combined by a random affine combination
 in training (`ShakeShake`), with the attention block on the combined residual before
-the addition, as on the other residual families.
+the addition by default; the other placements of the residual families apply as well
+("3x3": in each branch, after its (grouped) 3x3 convolution).
 
 - Shake-Shake 26 2x96d (CIFAR-10): basic branches (ReLU, 3x3 conv, BN, ReLU, 3x3 conv,
   BN), 4 units per stage, widths 96-192-384.
@@ -19,6 +20,7 @@ import functools
 from sectrain.errors import ConfigError, unknown_choice
 from sectrain.lazy import lazy_import
 from sectrain.models.registry import register_model
+from sectrain.models.resnet import PLACEMENTS
 
 keras = lazy_import("keras")
 attention_layers = lazy_import("sectrain.layers.attention")
@@ -92,17 +94,20 @@ def build_shake_shake(
         for i in range(units):
             unit = f"conv{stage}_block{i + 1}"
             strides = 2 if i == 0 and index > 0 else 1
+            x = plan.apply(x, f"{unit}_pre", stage, "pre")
             branches = []
             for b in (1, 2):
                 y = keras.layers.Activation("relu", name=f"{unit}_branch{b}_relu")(x)
                 prefix = f"{unit}_branch{b}"
                 if block == "basic":
                     y = common.conv_bn(y, out, 3, strides, f"{prefix}_1", sync_bn)
+                    y = plan.apply(y, f"{prefix}_3x3", stage, "3x3")
                     y = common.conv_bn(y, out, 3, 1, f"{prefix}_2", sync_bn, activation=None)
                 else:
                     inner = groups * width * scale
                     y = common.conv_bn(y, inner, 1, 1, f"{prefix}_1", sync_bn)
                     y = common.conv_bn(y, inner, 3, strides, f"{prefix}_2", sync_bn, groups=groups)
+                    y = plan.apply(y, f"{prefix}_3x3", stage, "3x3")
                     y = common.conv_bn(y, out, 1, 1, f"{prefix}_3", sync_bn, activation=None)
                 branches.append(y)
             residual = common.ShakeShake(forward, backward, name=f"{unit}_shake")(branches)
@@ -112,7 +117,9 @@ def build_shake_shake(
                 if x.shape[-1] == out and strides == 1
                 else _shortcut(x, out, strides, unit, sync_bn)
             )
+            shortcut = plan.apply(shortcut, f"{unit}_identity", stage, "identity")
             x = keras.layers.Add(name=f"{unit}_add")([shortcut, residual])
+            x = plan.apply(x, f"{unit}_post", stage, "post")
     x = keras.layers.Activation("relu", name="post_relu")(x)
     return keras.Model(inputs, common.classifier(x, num_classes, dropout), name=name)
 
@@ -131,7 +138,9 @@ def _shortcut(x, filters, strides, name, sync_bn):
 
 def _register(name, **architecture):
     build = functools.partial(build_shake_shake, **architecture, name=name)
-    register_model(name, build, input_size=32, num_classes=10, check=check_shake_shake)
+    register_model(
+        name, build, input_size=32, num_classes=10, placements=PLACEMENTS, check=check_shake_shake
+    )
 
 
 _register("shake_shake26_2x96d")
