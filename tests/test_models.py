@@ -463,6 +463,7 @@ def test_shake_shake_networks_have_the_shake_shake_papers_parts(tmp_path):
     [
         ({"depth": 27}, r"model.options.depth: a basic network has 6n \+ 2 layers"),
         ({"groups": 4}, "model.options.groups: basic branches have no grouped convolution"),
+        ({"width": 7}, "model.options.width: must be even"),
         ({"forward": "keep"}, "model.options.forward: unknown value 'keep'"),
     ],
 )

@@ -26,12 +26,13 @@ keras = lazy_import("keras")
 attention_layers = lazy_import("sectrain.layers.attention")
 common = lazy_import("sectrain.layers.common")
 
-BLOCKS = {"basic": 6, "bottleneck": 9}  # block -> layers per unit and stage: depth = k n + 2
+# block -> the layers one more unit in each stage adds: depth = layers * units + 2
+BLOCKS = {"basic": 6, "bottleneck": 9}
 FORWARD = ("shake", "even")
 BACKWARD = ("shake", "even", "keep")
 
 
-def check_shake_shake(image_size, *, block, depth, groups, forward, backward, **others):
+def check_shake_shake(image_size, *, block, depth, width, groups, forward, backward, **others):
     """Raises ConfigError for model.options `build_shake_shake` cannot build; returns the
     stage numbers."""
     for key, value, choices in (
@@ -47,6 +48,8 @@ def check_shake_shake(image_size, *, block, depth, groups, forward, backward, **
             f"model.options.depth: a {block} network has {per_unit}n + 2 layers "
             f"({', '.join(str(per_unit * n + 2) for n in (1, 2, 3, 4))}, ...). Received: {depth}"
         )
+    if block == "basic" and width % 2:  # the shortcut's two paths are half as wide each
+        raise ConfigError(f"model.options.width: must be even. Received: {width}")
     if block == "basic" and groups != 1:
         raise ConfigError(
             f"model.options.groups: basic branches have no grouped convolution; give "
