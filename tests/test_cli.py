@@ -107,3 +107,25 @@ def test_default_command_reaches_98_percent_on_digits(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["final"]["val_top1"] >= 0.98
+
+
+@pytest.mark.slow
+def test_zero_init_last_steadies_se_shufflenet_at_lr_0_1(tmp_path):
+    """The README's figures: SE-ShuffleNet on digits at lr 0.1, 5 epochs, diverges in its
+    first epoch as published and trains with zero_init_last (slow: about 90 s)."""
+    summaries = {}
+    for setting in ("false", "true"):
+        run = tmp_path / setting
+        result = sectrain(
+            "model=se_shufflenet",
+            "trainer.epochs=5",
+            f"+model.options.zero_init_last={setting}",
+            f"hydra.run.dir={run}",
+        )
+        assert result.returncode == 0, result.stderr
+        summaries[setting] = [
+            json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+        ]
+    assert summaries["false"][0]["train_loss"] > 10
+    assert summaries["true"][0]["train_loss"] < 2
+    assert max(r["val_top1"] for r in summaries["true"]) >= 0.95
