@@ -426,7 +426,9 @@ def test_shake_shake_mixes_forward_and_backward_as_configured(backward):
 def test_shake_shake_networks_have_the_shake_shake_papers_parts(tmp_path):
     model = built("shake_shake26_2x96d", SE)
     shakes = [layer for layer in model.layers if isinstance(layer, ShakeShake)]
-    assert len(shakes) == 12 and {(s.forward, s.backward) for s in shakes} == {("shake", "shake")}
+    assert len(shakes) == 12 and {(s.forward_mode, s.backward_mode) for s in shakes} == {
+        ("shake", "shake")
+    }
     assert model.get_layer("conv4_block4_branch2_2_conv").filters == 384
     # the SE block acts on the shaken residual, before the addition
     assert model.get_layer("conv2_block1_se").input is shakes[0].output
@@ -442,7 +444,9 @@ def test_shake_shake_networks_have_the_shake_shake_papers_parts(tmp_path):
     pre = built("shake_shake26_2x96d", {**SE, "placement": "pre"})
     assert pre.get_layer("conv2_block1_pre_se").input.shape[-1] == 16  # the stem's width
     even = built("shake_even29_2x4x64d")
-    assert {layer.backward for layer in even.layers if isinstance(layer, ShakeShake)} == {"even"}
+    assert {layer.backward_mode for layer in even.layers if isinstance(layer, ShakeShake)} == {
+        "even"
+    }
     middle = even.get_layer("conv4_block3_branch1_2_conv")
     assert (middle.filters, middle.groups) == (1024, 4)
     assert even.get_layer("conv4_block3_branch1_3_conv").filters == 1024
@@ -455,7 +459,7 @@ def test_shake_shake_networks_have_the_shake_shake_papers_parts(tmp_path):
     loaded = keras.models.load_model(tmp_path / "shake.keras")
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(loaded(images), small(images), rtol=1e-5, atol=1e-5)
-    assert loaded.get_layer("conv2_block1_shake").backward == "even"
+    assert loaded.get_layer("conv2_block1_shake").backward_mode == "even"
 
 
 @pytest.mark.parametrize(

@@ -157,7 +157,8 @@ class ShakeShake(layers.Layer):
 
     def __init__(self, forward="shake", backward="shake", seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.forward, self.backward, self.seed = forward, backward, seed
+        # not `self.forward`: a layer's method name on the torch backend
+        self.forward_mode, self.backward_mode, self.seed = forward, backward, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=False):
@@ -169,8 +170,8 @@ class ShakeShake(layers.Layer):
         def draw():
             return keras.random.uniform(shape, dtype=a.dtype, seed=self.seed_generator)
 
-        alpha = draw() if self.forward == "shake" else 0.5
-        beta = {"shake": draw, "even": lambda: 0.5, "keep": lambda: alpha}[self.backward]()
+        alpha = draw() if self.forward_mode == "shake" else 0.5
+        beta = {"shake": draw, "even": lambda: 0.5, "keep": lambda: alpha}[self.backward_mode]()
         # the value of alpha * a + (1 - alpha) * b, the gradients of beta * a + (1 - beta) * b
         return beta * a + (1 - beta) * b + ops.stop_gradient((alpha - beta) * (a - b))
 
@@ -179,5 +180,5 @@ class ShakeShake(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(forward=self.forward, backward=self.backward, seed=self.seed)
+        config.update(forward=self.forward_mode, backward=self.backward_mode, seed=self.seed)
         return config
