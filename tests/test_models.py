@@ -258,6 +258,7 @@ def test_channel_shuffle_interleaves_the_groups():
         ("densenet_cifar", 0.77),  # DenseNet-BC-100, k = 12: 0.8M
         ("cifar_resnet20", 0.27),
         ("cifar_resnet110", 1.73),
+        ("cifar_resnext29_8x64d", 34.43),  # Xie et al.: 34.4M
         ("shake_shake26_2x96d", 26.19),  # Gastaldi 2017: 26.2M
         # two branches of 4 x 64d are ResNeXt-29 8x64d (Xie et al.: 34.4M, 10 classes)
         ("shake_even29_2x4x64d", 34.44),

@@ -269,6 +269,20 @@ for _depth in (50, 101):
         stride_on_3x3=True,
     )
 
+# CIFAR ResNeXt-29 8x64d (ResNeXt paper, Section 5.3; the original Keras SE project's
+# default SE-ResNeXt): three stages of three bottlenecks, 8 groups of 64 channels.
+_register(
+    "cifar_resnext29_8x64d",
+    block="bottleneck",
+    depths=(3, 3, 3),
+    planes=(64, 128, 256),
+    stem="cifar",
+    stem_width=64,
+    groups=8,
+    width_per_group=64,
+    stride_on_3x3=True,
+)
+
 # SENet-154 (SE paper, appendix): ResNeXt-152 64x4d with the first 1x1 of each bottleneck
 # halved, a deep stem, 3x3 stride-2 projections; dropout 0.2 is set in its config.
 _register(
