@@ -475,3 +475,13 @@ def test_shake_shake_networks_have_the_shake_shake_papers_parts(tmp_path):
 def test_shake_shake_options_it_cannot_build_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         build_model("shake_shake26_2x96d", num_classes=10, input_shape=(32, 32, 3), **options)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_shake_shake_draws_in_the_compute_dtype_under_mixed_precision(policy):
+    layer = ShakeShake(dtype=policy)
+    a, b = tf.ones((4, 2, 2, 3)), tf.zeros((4, 2, 2, 3))
+    out = layer([a, b], training=True)  # alpha itself, per image
+    assert out.dtype == layer.compute_dtype != "float32"
+    alpha = out.numpy().astype("float32")
+    assert ((alpha >= 0) & (alpha <= 1)).all() and alpha.std() > 0
