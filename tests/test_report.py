@@ -7,8 +7,11 @@ import shutil
 import statistics
 
 import pytest
+from omegaconf import OmegaConf
 
+from sectrain.reporting.report import group_runs
 from sectrain.reporting.report import main as report_main
+from sectrain.reporting.runs import Run
 from sectrain.train import RunStopped, train
 from tests.helpers import make_config
 from tests.test_faults import DIVERGING
@@ -86,3 +89,16 @@ def test_report_without_runs_is_an_error(tmp_path, capsys):
         report_main([str(tmp_path)])
     assert stop.value.code == 2
     assert "no sectrain runs" in capsys.readouterr().err
+
+
+def test_an_option_given_its_default_value_is_the_same_configuration(tmp_path):
+    def run(name, **options):
+        config = OmegaConf.to_container(OmegaConf.structured(make_config()))
+        config["model"]["options"] = options
+        return Run(tmp_path / name, config, None)
+
+    rows = group_runs([run("a"), run("b", stride_on_3x3=False), run("c", stride_on_3x3=True)])
+    assert [(row.label, len(row.runs)) for row in rows] == [
+        ("options.stride_on_3x3=False", 2),
+        ("options.stride_on_3x3=True", 1),
+    ]

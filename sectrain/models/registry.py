@@ -47,10 +47,16 @@ class ModelSpec:
             if name not in (*COMMON_ARGUMENTS, "name") and p.kind is p.KEYWORD_ONLY
         }
 
+    def filled(self, options):
+        """`options` (model.options) with the builder's defaults for those not given,
+        tuples as lists, as a config holds them: the network that they build."""
+        defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options().items()}
+        return {**defaults, **options}
+
     def changed(self, options):
         """The entries of `options` (model.options) that differ from the builder's
         defaults: those that make it another network than the registered one."""
-        defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options().items()}
+        defaults = self.filled({})
         return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
 
 

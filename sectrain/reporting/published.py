@@ -18,58 +18,58 @@ class Published:
 IMAGENET = "imagenet2012"  # the TFDS name
 
 
+def _plain_and_se(table, settings, plain, se):
+    """A network's two rows, without attention and with SE; `settings` identify the
+    network and data, `plain` and `se` are its errors (top-1, or top-1 and top-5)."""
+    return [
+        Published(table, {**settings, "model.attention.kind": kind}, *errors)
+        for kind, errors in (("none", plain), ("se", se))
+    ]
+
+
 def _imagenet():
     rows = []
-    for model, plain, se in (
-        ("resnet50", (24.80, 7.48), (23.29, 6.62)),
-        ("resnet101", (23.17, 6.52), (22.38, 6.07)),
-        ("resnet152", (22.42, 6.34), (21.57, 5.73)),
-        ("resnext50_32x4d", (22.11, 5.90), (21.10, 5.49)),
-        ("resnext101_32x4d", (21.18, 5.57), (20.70, 5.01)),
-        ("vgg16", (27.02, 8.81), (25.22, 7.70)),
-        ("bn_inception", (25.38, 7.89), (24.23, 7.14)),
-        ("inception_resnet_v2", (20.37, 5.21), (19.80, 4.79)),
+    for table, model, options, plain, se in (
+        ("Table 2", "resnet50", {}, (24.80, 7.48), (23.29, 6.62)),
+        ("Table 2", "resnet101", {}, (23.17, 6.52), (22.38, 6.07)),
+        ("Table 2", "resnet152", {}, (22.42, 6.34), (21.57, 5.73)),
+        ("Table 2", "resnext50_32x4d", {}, (22.11, 5.90), (21.10, 5.49)),
+        ("Table 2", "resnext101_32x4d", {}, (21.18, 5.57), (20.70, 5.01)),
+        # the paper adds batch norm to VGG-16
+        ("Table 2", "vgg16", {"batch_norm": True}, (27.02, 8.81), (25.22, 7.70)),
+        ("Table 2", "bn_inception", {}, (25.38, 7.89), (24.23, 7.14)),
+        ("Table 2", "inception_resnet_v2", {}, (20.37, 5.21), (19.80, 4.79)),
+        ("Table 3", "mobilenet", {"alpha": 1.0}, (28.4, 9.4), (25.3, 7.7)),
+        ("Table 3", "shufflenet", {"groups": 3}, (32.6, 12.5), (31.0, 11.1)),
     ):
-        for kind, errors in (("none", plain), ("se", se)):
-            config = {"model.name": model, "data.name": IMAGENET, "model.attention.kind": kind}
-            if model == "vgg16":  # the paper adds batch norm to VGG-16
-                config["model.options.batch_norm"] = True
-            rows.append(Published("Table 2", config, *errors))
-    for model, options, plain, se in (
-        ("mobilenet", {"model.options.alpha": 1.0}, (28.4, 9.4), (25.3, 7.7)),
-        ("shufflenet", {"model.options.groups": 3}, (32.6, 12.5), (31.0, 11.1)),
-    ):
-        for kind, errors in (("none", plain), ("se", se)):
-            config = {"model.name": model, "data.name": IMAGENET, "model.attention.kind": kind}
-            rows.append(Published("Table 3", {**config, **options}, *errors))
+        settings = {"model.name": model, "data.name": IMAGENET}
+        settings |= {f"model.options.{k}": v for k, v in options.items()}
+        rows += _plain_and_se(table, settings, plain, se)
     return rows
 
 
 def _cifar():
     rows = []
-    for model, options, errors in (
-        ("cifar_resnet110", {}, ((6.37, 5.21), (26.88, 23.85))),
-        ("preact_resnet164", {}, ((5.46, 4.39), (24.33, 21.31))),
+    for model, extra, table_4, table_5 in (
+        ("cifar_resnet110", {}, (6.37, 5.21), (26.88, 23.85)),
+        ("preact_resnet164", {}, (5.46, 4.39), (24.33, 21.31)),
         (
             "wrn",
             {"model.options.depth": 16, "model.options.width": 8},
-            ((4.27, 3.88), (20.43, 19.14)),
+            (4.27, 3.88),
+            (20.43, 19.14),
         ),
+        # the Shake-Shake networks, with Cutout, each on one data set
+        ("shake_shake26_2x96d", {"data.augment.cutout": 16}, (2.56, 2.12), None),
+        ("shake_even29_2x4x64d", {"data.augment.cutout": 8}, None, (15.85, 15.41)),
     ):
-        for data, table, (plain, se) in zip(
-            ("cifar10", "cifar100"), ("Table 4", "Table 5"), errors
+        for table, data, errors in (
+            ("Table 4", "cifar10", table_4),
+            ("Table 5", "cifar100", table_5),
         ):
-            for kind, error in (("none", plain), ("se", se)):
-                config = {"model.name": model, "data.name": data, "model.attention.kind": kind}
-                rows.append(Published(table, {**config, **options}, error))
-    # the Shake-Shake networks, with Cutout, each on one data set
-    for model, data, table, cutout, errors in (
-        ("shake_shake26_2x96d", "cifar10", "Table 4", 16, (2.56, 2.12)),
-        ("shake_even29_2x4x64d", "cifar100", "Table 5", 8, (15.85, 15.41)),
-    ):
-        for kind, error in zip(("none", "se"), errors):
-            config = {"model.name": model, "data.name": data, "model.attention.kind": kind}
-            rows.append(Published(table, {**config, "data.augment.cutout": cutout}, error))
+            if errors:
+                settings = {"model.name": model, "data.name": data, **extra}
+                rows += _plain_and_se(table, settings, errors[:1], errors[1:])
     return rows
 
 
@@ -122,7 +122,7 @@ def lookup(paper, config):
     changed = options
     if name in MODELS:
         spec = MODELS.get(name)
-        options, changed = {**spec.options(), **options}, spec.changed(options)
+        options, changed = spec.filled(options), spec.changed(options)
     settings = {**config, "model": {**config.get("model", {}), "options": options}}
     for row in PUBLISHED.get(paper, []):
         listed = {key.split(".")[-1] for key in row.config if key.startswith("model.options.")}

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from sectrain.loggers.files import flatten
+from sectrain.models import MODELS
 
 # Settings that do not change what a run measures: runs that differ only in these are
 # repeats of one configuration (the seed is what repeats vary).
@@ -49,10 +50,18 @@ class Run:
 
 
 def configuration(run):
-    """What identifies a run's configuration: its settings without seed and bookkeeping."""
+    """What identifies a run's configuration: its settings without seed and bookkeeping,
+    with the model's option defaults filled in (an option given its default value and
+    one left out build the same network)."""
+    model = run.config["model"]
+    if model.get("name") in MODELS:
+        options = MODELS.get(model["name"]).filled(model.get("options") or {})
+        run_config = {**run.config, "model": {**model, "options": options}}
+    else:
+        run_config = run.config
     return {
         key: value
-        for key, value in flatten(run.config).items()
+        for key, value in flatten(run_config).items()
         if not key.startswith(NOT_CONFIGURATION)
     }
 
