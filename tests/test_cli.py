@@ -112,7 +112,8 @@ def test_default_command_reaches_98_percent_on_digits(tmp_path):
 @pytest.mark.slow
 def test_zero_init_last_steadies_se_shufflenet_at_lr_0_1(tmp_path):
     """The README's figures: SE-ShuffleNet on digits at lr 0.1, 5 epochs, diverges in its
-    first epoch as published and trains with zero_init_last (slow: about 90 s)."""
+    first epoch with the published initialisation and trains with zero_init_last (slow:
+    about 90 s)."""
     summaries = {}
     for setting in ("false", "true"):
         run = tmp_path / setting
