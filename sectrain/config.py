@@ -124,7 +124,7 @@ class TrainerConfig:
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     sync_bn: bool = False  # synchronise batch-norm statistics across replicas
     steps_per_call: int = 1  # training steps per tf.function call
-    jit_compile: bool | None = None  # XLA; null: on with a GPU, off on CPU and when mirrored
+    jit_compile: bool | None = None  # XLA; null: on with a GPU (unless mirrored with sync_bn)
     save_model: bool = True  # write model.keras at the end
     checkpoint_every_epochs: int = 1  # checkpoint at the end of every N-th epoch (and the last)
     checkpoint_every_steps: int = 0  # also checkpoint every N steps; 0: at epoch ends only

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sectrain.inference.fold import FoldedSqueezeExcite, fold_for_inference
+from sectrain.inference.fold import FoldedSqueezeExcite, fold_for_inference, inference_model
 from sectrain.models.resnet import build_resnet
 
 
@@ -115,9 +115,20 @@ def test_chains_that_cannot_fold_stay_as_they_are(attention, block):
     )
 
 
-def test_a_loaded_model_is_folded(tmp_path):
+def gpus_visible(monkeypatch, gpus):
+    """Makes TensorFlow appear to have `gpus` logical GPUs."""
+    listed = tf.config.list_logical_devices
+    monkeypatch.setattr(
+        tf.config,
+        "list_logical_devices",
+        lambda kind=None: [f"GPU:{i}" for i in range(gpus)] if kind == "GPU" else listed(kind),
+    )
+
+
+def test_a_model_loaded_on_a_cpu_is_folded(tmp_path, monkeypatch):
     from sectrain.inference.artifacts import load_trained
 
+    gpus_visible(monkeypatch, 0)
     model = small_resnet(se())
     model.save(tmp_path / "model.keras")
     loaded = load_trained(tmp_path / "model.keras").model
@@ -129,3 +140,9 @@ def test_a_loaded_model_is_folded(tmp_path):
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_with_a_gpu_inference_runs_the_model_as_built(monkeypatch):
+    gpus_visible(monkeypatch, 1)
+    model = small_resnet(se())
+    assert inference_model(model) is model

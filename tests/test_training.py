@@ -161,8 +161,11 @@ def test_a_slurm_job_outside_a_step_is_a_config_error(monkeypatch):
 
 def test_xla_defaults_and_what_a_mirrored_strategy_refuses():
     mirrored, one_device = make_strategy("mirrored"), make_strategy("one_device")
-    assert use_jit(None, mirrored) is False  # not yet measured on several GPUs
-    assert use_jit(None, one_device) == bool(tf.config.list_logical_devices("GPU"))
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert use_jit(None, mirrored) == gpu
+    assert use_jit(None, one_device) == gpu
+    assert use_jit(None, mirrored, sync_bn=True) is False  # XLA cannot compile its all-reduce
+    assert use_jit(None, one_device, sync_bn=True) == gpu
     assert use_jit(True, one_device, sync_bn=True) is True
     assert use_jit(True, mirrored) is True
     # the strategy `auto` picks is known only here, with the devices

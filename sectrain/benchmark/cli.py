@@ -8,10 +8,11 @@ variant (by default: the configured model with attention off, then as configured
 its keras.applications counterpart trained by model.fit) it measures training images/s
 on a synthetic batch kept on the device and on the real input pipeline, the input
 pipeline alone, inference latency at batch 1 (with SE folded into the convolution before
-it, as sectrain's inference runs, and without) and throughput at a large batch, and peak
-memory. The variants' training and inference calls are timed in turns in one process
-(variants that change a setting of SESSION_SETTINGS get a process per setting); the
-memory and the input pipeline of each variant are measured in a process of its own.
+it, as sectrain's inference runs on a CPU, and as built, as it runs with a GPU) and
+throughput at a large batch, and peak memory. The variants' training and inference calls
+are timed in turns in one process (variants that change a setting of SESSION_SETTINGS get
+a process per setting); the memory and the input pipeline of each variant are measured
+in a process of its own.
 Prints a table and writes bench.json to the run folder.
 """
 

@@ -114,8 +114,8 @@ class Trainee:
             strategy, t.global_batch_size, source.image_shape, source.num_classes
         )
         self.steps_per_call = tf.constant(t.steps_per_call)
-        jit = use_jit(t.jit_compile, strategy)
-        folded = fold_for_inference(self.model)  # as sectrain's inference runs it
+        jit = use_jit(t.jit_compile, strategy, t.sync_bn)
+        folded = fold_for_inference(self.model)  # as sectrain's inference runs on a CPU
         self.predict = {
             fold: tf.function(lambda x, m=model: m(x, training=False), jit_compile=jit)
             for fold, model in ((True, folded), (False, self.model))
@@ -132,7 +132,7 @@ class Trainee:
 
     def predict_call(self, batch, fold=True):
         """Returns a call that infers `batch` images, with SE folded (as sectrain's
-        inference runs) or as the model was built."""
+        inference runs on a CPU) or as the model was built (as it runs with a GPU)."""
         images = tf.random.normal([batch, *self.source.image_shape])
         return lambda: self.predict[fold](images).numpy()
 

@@ -47,7 +47,7 @@ class TrainedModel:
 
 def load_trained(target):
     """Loads a run folder (its model.keras and summary.json) or a .keras file, its model
-    folded for inference (see `sectrain.inference.fold`)."""
+    as sectrain's inference runs it (see `sectrain.inference.fold.inference_model`)."""
     target = Path(target)
     run_dir = target if target.is_dir() else target.parent
     model_path = target / "model.keras" if target.is_dir() else target
@@ -62,9 +62,9 @@ def load_trained(target):
         model = keras.saving.load_model(model_path)
     except Exception as error:  # a truncated or foreign file: say which, not how
         raise ConfigError(f"{str(model_path)!r} could not be loaded: {error}") from None
-    from sectrain.inference.fold import fold_for_inference
+    from sectrain.inference.fold import inference_model
 
-    model = fold_for_inference(model)  # the same function, with fewer passes over memory
+    model = inference_model(model)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     normalization = summary.get("normalization", {})

@@ -10,7 +10,8 @@ BN(conv(h)) = conv(h, W * a) + b. So, for an image with gates s:
   (Cin x Cout numbers) instead of its feature map (H x W x Cout numbers).
 
 Where the kernel is small next to the feature map (the early stages), this saves passes
-over the map. For one image the scaled kernel feeds a plain convolution, which
+over the map, which is what the rescale costs on a CPU. On a GPU it does not pay (see
+`inference_model`). For one image the scaled kernel feeds a plain convolution, which
 TensorFlow fuses with the residual addition and ReLU that follow, as in the plain
 network; for several, each image's convolution is one product of a batched matrix
 multiplication. Training runs the blocks unchanged.
@@ -123,3 +124,12 @@ def fold_for_inference(model):
         return outputs
 
     return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+
+
+def inference_model(model):
+    """The model as sectrain's inference runs it: folded (`fold_for_inference`) on a CPU;
+    as built where there is a GPU, on which folding was slower (one H100, SE-ResNet-50 at
+    batch 1: 3.19 against 3.09 ms with XLA, 7.76 against 7.01 ms without)."""
+    if tf.config.list_logical_devices("GPU"):
+        return model
+    return fold_for_inference(model)
