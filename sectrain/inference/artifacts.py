@@ -1,5 +1,6 @@
 """A trained model and what it needs to read images: classes, size, normalisation."""
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,13 @@ class TrainedModel:
     @property
     def image_shape(self):
         return tuple(self.model.input_shape[1:])
+
+    @functools.cached_property
+    def logits(self):
+        """The model's inference on a batch of its inputs, as a compiled graph (with XLA
+        where there is a GPU, as training compiles it) rather than layer by layer."""
+        jit = bool(tf.config.list_logical_devices("GPU"))
+        return tf.function(lambda images: self.model(images, training=False), jit_compile=jit)
 
     def read_images(self, images):
         """A batch of encoded image bytes, or of float images in [0, 1] of one size ->

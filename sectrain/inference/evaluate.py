@@ -44,7 +44,7 @@ def evaluate(trained, data, split, batch_size=256):
     )
     logits, labels = [], []
     for images, batch_labels in dataset:
-        logits.append(trained.model(images, training=False).numpy())
+        logits.append(trained.logits(images).numpy())
         labels.append(batch_labels.numpy())
     logits, labels = np.concatenate(logits), np.concatenate(labels)
     loss = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)

@@ -29,7 +29,7 @@ def predict(trained, files, top_k, batch_size=64):
             unreadable.append(path)
     rows = []
     for start in range(0, len(inputs), batch_size):
-        logits = trained.model(tf.stack(inputs[start : start + batch_size]), training=False)
+        logits = trained.logits(tf.stack(inputs[start : start + batch_size]))
         probabilities = tf.nn.softmax(logits).numpy()
         for path, p in zip(readable[start : start + batch_size], probabilities):
             best = p.argsort()[::-1][:top_k]
