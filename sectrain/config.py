@@ -151,10 +151,13 @@ class BenchConfig:
     rounds: int = 1  # measure all variants this many times; report medians over rounds
     warmup_steps: int = 3  # untimed training steps first (tracing, compilation)
     timed_steps: int = 20  # timed training steps, in calls of trainer.steps_per_call
-    real_data: bool = True  # also train on the configured input pipeline
+    # also each variant's peak memory, training on the input pipeline and the pipeline
+    # alone, in a process of its own (false: speed only, one process per group of variants)
+    resources: bool = True
+    real_data: bool = True  # resources: also train on the configured input pipeline
     inference_batch: int = 64  # throughput batch (latency is measured at batch 1)
     inference_calls: int = 10
-    pipeline_batches: int = 20  # batches of the input pipeline timed on their own
+    pipeline_batches: int = 20  # resources: batches of the input pipeline timed alone
 
 
 @dataclass

@@ -150,11 +150,13 @@ def test_timed_calls_take_turns_reversing_every_other_turn():
     assert [len(s) for s in seconds] == [3, 2] and all(t >= 0 for s in seconds for t in s)
 
 
-def test_variants_sharing_session_settings_are_timed_in_one_process(monkeypatch, tmp_path):
+def processes_of_a_round(monkeypatch, tmp_path, *overrides):
+    """(kind, variant names) of each measuring process of one round, and its results."""
     config = make_config(
         "model=se_resnet50",
         '+bench.variants.ratio8=["model.attention.ratio=8"]',
         '+bench.variants.bf16=["trainer.precision=mixed_bfloat16"]',
+        *overrides,
     )
     processes = []
 
@@ -163,7 +165,11 @@ def test_variants_sharing_session_settings_are_timed_in_one_process(monkeypatch,
         return {name: {kind: True} for name, _ in named_configs}
 
     monkeypatch.setattr(cli, "measure", fake_measure)
-    results = cli.measure_round(variant_configs(config), tmp_path, console=None)
+    return processes, cli.measure_round(variant_configs(config), tmp_path, console=None)
+
+
+def test_variants_sharing_session_settings_are_timed_in_one_process(monkeypatch, tmp_path):
+    processes, results = processes_of_a_round(monkeypatch, tmp_path)
     assert processes == [
         ("speed", ["plain", "configured", "ratio8"]),
         ("speed", ["bf16"]),
@@ -175,3 +181,11 @@ def test_variants_sharing_session_settings_are_timed_in_one_process(monkeypatch,
     ]
     assert results["ratio8"] == {"speed": True, "resources": True}
     assert results[KERAS_FIT] == {"keras_fit": True}
+
+
+def test_without_resources_a_round_measures_speed_only(monkeypatch, tmp_path):
+    processes, results = processes_of_a_round(
+        monkeypatch, tmp_path, "bench.resources=false", "bench.keras_fit=false"
+    )
+    assert processes == [("speed", ["plain", "configured", "ratio8"]), ("speed", ["bf16"])]
+    assert results["ratio8"] == {"speed": True} and results["bf16"] == {"speed": True}

@@ -106,8 +106,8 @@ def measure(kind, named_configs, folder, console):
 
 def measure_round(variants, folder, console):
     """Every variant's results: the speed of sectrain's variants side by side in one
-    process per group of SESSION_SETTINGS, and each variant's resources (or keras fit)
-    in a process of its own."""
+    process per group of SESSION_SETTINGS, and each variant's resources (if
+    bench.resources) or keras fit in a process of its own."""
     groups = {}
     for name, runner, config in variants:
         if runner == "sectrain":
@@ -120,6 +120,9 @@ def measure_round(variants, folder, console):
     for name, runner, config in variants:
         if runner == "keras_fit":
             results.update(measure("keras_fit", [(name, config)], folder, console))
+            continue
+        if not config.bench.resources:
+            results[name] = speed[name]
             continue
         resources = measure("resources", [(name, config)], folder, console)[name]
         failed = [r for r in (speed[name], resources) if "error" in r]
