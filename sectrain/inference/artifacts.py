@@ -32,8 +32,10 @@ class TrainedModel:
     @functools.cached_property
     def logits(self):
         """The model's inference on a batch of its inputs, as a compiled graph (with XLA
-        where there is a GPU, as training compiles it) rather than layer by layer."""
-        jit = bool(tf.config.list_logical_devices("GPU"))
+        where training would use it by default) rather than layer by layer."""
+        from sectrain.train import use_jit
+
+        jit = use_jit(None, tf.distribute.get_strategy())
         return tf.function(lambda images: self.model(images, training=False), jit_compile=jit)
 
     def read_images(self, images):
