@@ -36,8 +36,12 @@ class ConsoleLogger:
 
     @contextmanager
     def epoch_progress(self, epoch, epochs, steps):
-        """Yields `update(done_steps, stats_text)` that advances this epoch's bar."""
-        if not self.show_progress:
+        """Yields `update(done_steps, stats_text)` that advances this epoch's bar.
+
+        Only where the console redraws in place: redirected to a file or pipe, a bar
+        would leave an empty line between the epoch rows.
+        """
+        if not (self.show_progress and (self.console.is_interactive or self.console.is_jupyter)):
             yield lambda done, stats: None
             return
         progress = Progress(
