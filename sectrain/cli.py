@@ -63,6 +63,7 @@ def check_writable(key, folder):
 
 def check_overrides(args):
     """Checks group choices and keys of command-line overrides against conf/ and the schema.
+    Returns the parsed overrides.
 
     Hydra would reject most of these too, but with exit status 1 and no suggestion.
     """
@@ -88,30 +89,36 @@ def check_overrides(args):
                 check_value(key, value)
     for key, folder in output_dirs.items():
         check_writable(key, folder)
-    check_sweep(parsed)
+    return parsed
 
 
-def check_sweep(parsed):
-    """Validates the config of every value of every swept key (the other keys at their
-    first value), so that a bad value fails the sweep before any job trains."""
-    swept = [o for o in parsed if o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+def check_compositions(parsed, config_name="config"):
+    """Validates the config the command line composes: for a sweep, that of every value of
+    every swept key (the other keys at their first value). A mistake thus fails before
+    Hydra makes a run folder, and before any job of a sweep trains."""
+    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
+    swept = [o for o in parsed if o.is_sweep_override()]
     first = {id(o): (_values(o, as_strings=True) or [None])[0] for o in swept}
-    for override in swept:
-        for value in _values(override, as_strings=True):
-            lines = []
-            for other in parsed:
-                if other.key_or_group.startswith("hydra"):
-                    continue
-                chosen = value if other is override else first.get(id(other))
-                if other.is_sweep_override() and chosen is None:
-                    continue  # an interval for Optuna: nothing to list
-                lines.append(
-                    f"{other.get_key_element()}={chosen}"
-                    if other.is_sweep_override()
-                    else other.input_line
-                )
-            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-                validate(compose("config", overrides=lines))
+    choices = [(o, value) for o in swept for value in _values(o, as_strings=True)]
+    for override, value in choices or [(None, None)]:
+        lines = []
+        for other in parsed:
+            chosen = value if other is override else first.get(id(other))
+            if other.is_sweep_override() and chosen is None:
+                continue  # an interval for Optuna: nothing to list
+            lines.append(
+                f"{other.get_key_element()}={chosen}"
+                if other.is_sweep_override()
+                else other.input_line
+            )
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            validate(compose(config_name, overrides=lines))
+
+
+def check_command_line(args, config_name="config"):
+    """Raises ConfigError for a mistake in the command line `args` of a Hydra app whose
+    primary config is `config_name`."""
+    check_compositions(check_overrides(args), config_name)
 
 
 def _values(override, as_strings=False):
@@ -164,11 +171,11 @@ def run(cfg) -> float:
         sys.exit(stopped.exit_code)
 
 
-def run_checked(app):
-    """Checks the command line's overrides (a mistake exits 2 before Hydra starts), then
-    runs the Hydra `app`."""
+def run_checked(app, config_name="config"):
+    """Checks the command line (a mistake exits 2 before Hydra starts), then runs the
+    Hydra `app`, whose primary config is `config_name`."""
     try:
-        check_overrides(sys.argv[1:])
+        check_command_line(sys.argv[1:], config_name)
     except ConfigError as error:
         fail(error)
     app()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sectrain.cli import check_overrides, config_groups
+from sectrain.cli import check_command_line, check_overrides, config_groups
 from sectrain.config import ATTENTION_KINDS, check_key
 from sectrain.errors import ConfigError
 from tests.helpers import compose_config, make_config
@@ -136,15 +136,23 @@ def test_command_line_mistakes_are_caught_before_hydra(args, expected):
 
 def test_every_value_of_a_sweep_is_validated_before_any_job_runs():
     with pytest.raises(ConfigError, match="model.attention.ratio: must be at least 1"):
-        check_overrides(["-m", "model.attention.ratio=4,0", "trainer.seed=0,1"])
+        check_command_line(["-m", "model.attention.ratio=4,0", "trainer.seed=0,1"])
     with pytest.raises(ConfigError, match="inception_v3 needs inputs of at least 75"):
-        check_overrides(["-m", "model=se_resnet20,se_inception_v3"])
+        check_command_line(["-m", "model=se_resnet20,se_inception_v3"])
 
 
-def test_valid_command_lines_pass_the_override_check():
-    check_overrides(["-m", "model=se_resnet20,se_resnet50", "model.attention.ratio=4,16"])
-    check_overrides(["hydra.run.dir=/tmp/x", "+experiment=table2", "trainer.seed=3"])
-    check_overrides(['+bench.variants.bf16=["trainer.precision=mixed_bfloat16"]'])
+def test_a_composition_mistake_is_caught_before_hydra_makes_a_run_folder():
+    args = ["model=se_densenet121", "model.attention.placement=identity"]
+    for config_name in ("config", "bench"):  # sectrain, sectrain-bench
+        with pytest.raises(ConfigError, match="densenet121 supports standard. Received: identi"):
+            check_command_line(args, config_name)
+
+
+def test_valid_command_lines_pass_the_check():
+    check_command_line(["-m", "model=se_resnet20,se_resnet50", "model.attention.ratio=4,16"])
+    check_command_line(["hydra.run.dir=/tmp/x", "+experiment=table2", "trainer.seed=3"])
+    check_command_line(['+bench.variants.bf16=["trainer.precision=mixed_bfloat16"]'], "bench")
+    check_command_line([])
 
 
 def test_check_key_walks_nested_sections():

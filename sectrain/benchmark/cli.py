@@ -293,7 +293,7 @@ def run(cfg):
 
 
 def main():
-    run_checked(run)
+    run_checked(run, "bench")
 
 
 if __name__ == "__main__":
