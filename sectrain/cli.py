@@ -6,6 +6,7 @@ mistakes answer in well under two seconds.
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from rich.console import Console
 from rich.text import Text
 
@@ -165,10 +167,22 @@ def run(cfg) -> float:
     except ConfigError as error:  # found with the data, devices or folder at hand
         fail(error)
     except RunStopped as stopped:
-        Console(stderr=True).print(
-            Text.assemble((f"{stopped.status}: ", "bold yellow"), str(stopped))
-        )
+        message = str(stopped)
+        if stopped.status == "interrupted":
+            message += f". To resume: {resume_command(hydra_config)}"
+        # not wrapped, so that the command can be copied whole
+        status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
+        Console(stderr=True).print(status, soft_wrap=True)
         sys.exit(stopped.exit_code)
+
+
+def resume_command(hydra_config):
+    """What continues the job of `hydra_config` from its last checkpoint: its command
+    line, pinned to its run folder (or, in a sweep, to the sweep's folder)."""
+    if hydra_config.mode == RunMode.MULTIRUN:
+        return f"the same sweep with hydra.sweep.dir={shlex.quote(hydra_config.sweep.dir)}"
+    run_dir = f"hydra.run.dir={hydra_config.runtime.output_dir}"
+    return shlex.join(["sectrain", *hydra_config.overrides.task, run_dir])
 
 
 def run_checked(app, config_name="config"):

@@ -208,7 +208,7 @@ def train(config, run_dir, console=None):
                             raise RunStopped(
                                 "interrupted",
                                 f"stopped by {name} at step {step} (epoch {epoch}); a checkpoint "
-                                "is saved and the same command resumes from it",
+                                "is saved",
                                 128 + stop["signal"],
                             )
                         if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:

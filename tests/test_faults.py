@@ -113,7 +113,10 @@ def test_sigterm_saves_reports_interrupted_and_resumes(reference, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM
-    assert "interrupted: stopped by SIGTERM" in " ".join(stderr.split())
+    stderr = " ".join(stderr.split())
+    assert "interrupted: stopped by SIGTERM" in stderr
+    assert f"To resume: sectrain {' '.join(RECIPE)}" in stderr
+    assert stderr.endswith(f"hydra.run.dir={tmp_path}")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["step"] in checkpoint_steps(tmp_path)
     assert start(tmp_path, "trainer.checkpoint_every_steps=4").wait() == 0
