@@ -48,7 +48,11 @@ def matching_models(pattern):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="sectrain-models", description=__doc__)
     parser.add_argument(
-        "pattern", nargs="?", default="*", help="registered model names or model configs (glob)"
+        "patterns",
+        nargs="*",
+        default=["*"],
+        metavar="pattern",
+        help="registered model names or model configs (globs; all models if none)",
     )
     kinds = [kind for kind in ATTENTION_KINDS if kind != "none"]
     parser.add_argument(
@@ -57,12 +61,15 @@ def main(argv=None):
     parser.add_argument("--ratio", type=positive_int, default=16, help="reduction ratio (16)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    names = matching_models(args.pattern)
-    if not names:
-        fail(
-            f"no registered model or model config matches {args.pattern!r}. "
-            f"Registered: {', '.join(MODELS.names())}."
-        )
+    names = []
+    for pattern in args.patterns:
+        matches = matching_models(pattern)
+        if not matches:
+            fail(
+                f"no registered model or model config matches {pattern!r}. "
+                f"Registered: {', '.join(MODELS.names())}."
+            )
+        names += [name for name in matches if name not in names]
     attention = {"kind": args.attention, "ratio": args.ratio}
     rows = []
     console = Console(stderr=args.json)

@@ -27,9 +27,15 @@ def test_a_config_name_lists_the_model_it_builds(capsys):
     assert [row["model"] for row in json.loads(capsys.readouterr().out)] == ["cifar_resnet20"]
 
 
+def test_several_patterns_list_each_model_once_in_their_order(capsys):
+    assert main(["se_resnet20", "cifar_resnet5*", "cifar_resnet20", "--json"]) == 0
+    names = [row["model"] for row in json.loads(capsys.readouterr().out)]
+    assert names == ["cifar_resnet20", "cifar_resnet56"]
+
+
 def test_unknown_pattern_is_an_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["se_resnet5O"])
+        main(["cifar_resnet20", "se_resnet5O"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "no registered model or model config matches 'se_resnet5O'" in err
