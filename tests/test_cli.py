@@ -64,6 +64,7 @@ def test_config_mistakes_exit_2_with_a_message_and_no_traceback(args, message, t
     assert message in text
     assert "Traceback" not in result.stderr + result.stdout
     assert not imported_tensorflow(result)
+    assert not list(tmp_path.iterdir())  # no run folder was made
 
 
 def test_one_run_writes_the_whole_run_folder(tmp_path):

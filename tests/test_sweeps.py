@@ -4,8 +4,10 @@ import json
 
 import pytest
 import yaml
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
-from sectrain.cli import gpu_for_job
+from sectrain.cli import gpu_for_job, resume_command
 from tests.test_cli import sectrain
 
 
@@ -48,3 +50,26 @@ def test_optuna_search_tunes_lr_weight_decay_and_ratio(tmp_path):
 def test_parallel_jobs_take_gpus_round_robin():
     assert [gpu_for_job(n, "0,1,2") for n in range(4)] == ["0", "1", "2", "0"]
     assert gpu_for_job(3, "5") is None  # one GPU: nothing to share out
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        (
+            RunMode.RUN,
+            "sectrain model=se_resnet50 'model.attention.stages=[3, 4]' "
+            "'hydra.run.dir=/runs/a b/0'",
+        ),
+        (RunMode.MULTIRUN, "the same sweep with hydra.sweep.dir='/runs/a b'"),
+    ],
+)
+def test_an_interrupted_job_names_the_command_that_resumes_it(mode, expected):
+    hydra_config = OmegaConf.create(
+        {
+            "mode": mode,
+            "sweep": {"dir": "/runs/a b"},
+            "runtime": {"output_dir": "/runs/a b/0"},
+            "overrides": {"task": ["model=se_resnet50", "model.attention.stages=[3, 4]"]},
+        }
+    )
+    assert resume_command(hydra_config) == expected
