@@ -76,8 +76,8 @@ def main(argv=None):
     if not console.is_terminal:
         console.width = 160  # room for the whole table when printed to a file
     with console.status("building models") as status:
-        for name in names:
-            status.update(f"building {name}")
+        for number, name in enumerate(names, 1):
+            status.update(f"building {name} ({number} of {len(names)})")
             rows.append(describe(name, attention))
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
