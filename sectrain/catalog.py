@@ -7,11 +7,11 @@ import json
 import sys
 
 from omegaconf import OmegaConf
-from rich.console import Console
 from rich.table import Table
 
 from sectrain.cli import CONFIG_DIR, config_groups, fail, positive_int
 from sectrain.config import ATTENTION_KINDS
+from sectrain.loggers.console import wide_console
 from sectrain.models import MODELS
 
 
@@ -72,9 +72,7 @@ def main(argv=None):
         names += [name for name in matches if name not in names]
     attention = {"kind": args.attention, "ratio": args.ratio}
     rows = []
-    console = Console(stderr=args.json)
-    if not console.is_terminal:
-        console.width = 160  # room for the whole table when printed to a file
+    console = wide_console(stderr=args.json)
     with console.status("building models") as status:
         for number, name in enumerate(names, 1):
             status.update(f"building {name} ({number} of {len(names)})")

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from sectrain.loggers.console import ConsoleLogger
+from sectrain.loggers.console import ConsoleLogger, wide_console
 
 ROW = dict(
     train_loss=1.0,
@@ -30,3 +30,8 @@ def test_redirected_output_is_a_header_and_one_line_per_epoch():
     assert lines[0].split()[:2] == ["epoch", "loss"]
     assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3"]
     assert "40.00%" in lines[1]
+
+
+def test_a_command_printing_to_a_file_keeps_a_140_character_line_whole(capsys):
+    wide_console().print("configuration " * 10)
+    assert len(capsys.readouterr().out.splitlines()) == 1

@@ -29,12 +29,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
-from rich.console import Console
 from rich.table import Table
 
 from sectrain.cli import CONFIG_DIR, fail, run_checked
 from sectrain.config import check_value, validate
 from sectrain.errors import ConfigError
+from sectrain.loggers.console import wide_console
 from sectrain.models import MODELS
 
 # sectrain model name -> its keras.applications counterpart (the same network)
@@ -247,7 +247,7 @@ def show(results, rows, rounds, console):
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="bench", version_base="1.3")
 def run(cfg):
-    console = Console()
+    console = wide_console()
     try:
         config = validate(cfg)
         variants = variant_configs(config)

@@ -11,11 +11,11 @@ import csv
 import json
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from sectrain.cli import fail
 from sectrain.errors import ConfigError
+from sectrain.loggers.console import wide_console
 
 
 def evaluate(trained, data, split, batch_size=256):
@@ -130,7 +130,7 @@ def main(argv=None):
     except ConfigError as error:
         fail(error)
 
-    console = Console()
+    console = wide_console()
     table = Table(title=f"{target} on {config.data.name} {args.split}")
     for column in ("class", "images", "top-1"):
         table.add_column(column, justify="left" if column == "class" else "right")

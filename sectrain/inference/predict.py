@@ -6,11 +6,11 @@ import json
 import logging
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from sectrain.cli import fail, positive_int
 from sectrain.errors import ConfigError
+from sectrain.loggers.console import wide_console
 
 log = logging.getLogger("sectrain")
 
@@ -58,7 +58,7 @@ def main(argv=None):
         rows, unreadable = predict(trained, files, args.top_k)
     except ConfigError as error:
         fail(error)
-    console = Console()
+    console = wide_console()
     for path in unreadable:
         console.print(f"[yellow]skipped[/] {path}: not a decodable image", highlight=False)
     if not rows:

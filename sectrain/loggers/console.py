@@ -22,9 +22,18 @@ COLUMNS = (
 COLUMN_WIDTH = 9  # fixed, so that the rows printed one per epoch line up
 
 
+def wide_console(stderr=False, quiet=False):
+    """A rich console for sectrain's commands. Sent to a file or a pipe, rich would wrap
+    lines and tables at 80 columns; 160 keeps a table row on one line there."""
+    console = Console(stderr=stderr, quiet=quiet)
+    if not console.is_terminal:
+        console.width = 160
+    return console
+
+
 class ConsoleLogger:
     def __init__(self, print_config=True, progress=True, console=None, quiet=False):
-        self.console = console or Console(quiet=quiet)
+        self.console = console or wide_console(quiet=quiet)
         self.print_config = print_config
         self.show_progress = progress
         self._rows = 0
@@ -32,7 +41,7 @@ class ConsoleLogger:
     def start(self, resolved_yaml, model_line):
         if self.print_config:
             self.console.print(Syntax(resolved_yaml, "yaml", theme="ansi_dark"))
-        self.console.print(model_line, highlight=False)
+        self.console.print(model_line, highlight=False, soft_wrap=True)
 
     @contextmanager
     def epoch_progress(self, epoch, epochs, steps):
@@ -66,4 +75,4 @@ class ConsoleLogger:
         self._rows += 1
 
     def end(self, message):
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, soft_wrap=True)

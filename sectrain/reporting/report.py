@@ -12,11 +12,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from sectrain.cli import fail
 from sectrain.errors import ConfigError
+from sectrain.loggers.console import wide_console
 from sectrain.reporting.published import lookup
 from sectrain.reporting.runs import configuration, find_runs
 
@@ -296,7 +296,7 @@ def main(argv=None):
         if not Path(path).is_dir():
             fail(f"{path!r} is not a folder (give run folders or folders holding runs)")
     try:
-        report(args.paths, out_dir, Console())
+        report(args.paths, out_dir, wide_console())
     except (ConfigError, OSError) as error:
         fail(error)
     return 0
