@@ -3,6 +3,7 @@
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.syntax import Syntax
 from rich.table import Table
@@ -29,6 +30,12 @@ def wide_console(stderr=False, quiet=False):
     if not console.is_terminal:
         console.width = 160
     return console
+
+
+def log_handler(**options):
+    """The logging handler of the console (conf/hydra/job_logging): rich's, on a
+    `wide_console`. `options` are RichHandler's."""
+    return RichHandler(console=wide_console(), **options)
 
 
 class ConsoleLogger:
