@@ -1,3 +1,5 @@
 """sectrain: config-driven training of Squeeze-and-Excitation networks."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("sectrain")  # pyproject.toml holds the number

@@ -1,7 +1,6 @@
 """`sectrain-models`: every registered model's parameters and FLOPs, plain and with
 attention, built at the input size and class count it is designed for."""
 
-import argparse
 import fnmatch
 import json
 import sys
@@ -9,7 +8,7 @@ import sys
 from omegaconf import OmegaConf
 from rich.table import Table
 
-from sectrain.cli import CONFIG_DIR, config_groups, fail, positive_int
+from sectrain.cli import CONFIG_DIR, command_parser, config_groups, fail, positive_int
 from sectrain.config import ATTENTION_KINDS
 from sectrain.loggers.console import wide_console
 from sectrain.models import MODELS
@@ -46,7 +45,7 @@ def matching_models(pattern):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="sectrain-models", description=__doc__)
+    parser = command_parser("sectrain-models", __doc__)
     parser.add_argument(
         "patterns",
         nargs="*",

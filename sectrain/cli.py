@@ -5,6 +5,7 @@ mistakes answer in well under two seconds.
 """
 
 import argparse
+import importlib.metadata
 import os
 import shlex
 import shutil
@@ -21,6 +22,7 @@ from hydra.types import RunMode
 from rich.console import Console
 from rich.text import Text
 
+from sectrain import __version__
 from sectrain.config import check_value, validate
 from sectrain.errors import ConfigError, unknown_choice
 
@@ -32,6 +34,31 @@ def fail(message):
     """Prints a user error without a traceback and exits with status 2."""
     Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(message)))
     sys.exit(EXIT_CONFIG_ERROR)
+
+
+def version_line():
+    """sectrain's version and those of the libraries it runs on (read, not imported)."""
+    versions = []
+    for name, distribution in (
+        ("TensorFlow", "tensorflow"),
+        ("Keras", "keras"),
+        ("Hydra", "hydra-core"),
+    ):
+        try:
+            versions.append(f"{name} {importlib.metadata.version(distribution)}")
+        except importlib.metadata.PackageNotFoundError:  # e.g. installed as tensorflow-cpu
+            continue
+    return f"sectrain {__version__} ({', '.join(versions)})"
+
+
+def command_parser(prog, description):
+    """The argument parser of a sectrain command: `description` (its docstring) as
+    written, and --version."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=version_line())
+    return parser
 
 
 def positive_int(text):
@@ -188,6 +215,9 @@ def resume_command(hydra_config):
 def run_checked(app, config_name="config"):
     """Checks the command line (a mistake exits 2 before Hydra starts), then runs the
     Hydra `app`, whose primary config is `config_name`."""
+    if "--version" in sys.argv[1:]:  # else Hydra answers with its own version
+        print(version_line())
+        return
     try:
         check_command_line(sys.argv[1:], config_name)
     except ConfigError as error:

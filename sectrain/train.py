@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 from omegaconf import OmegaConf
 
+from sectrain import __version__
 from sectrain.config import check_xla
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
@@ -155,6 +156,7 @@ def train(config, run_dir, console=None):
         "precision": t.precision,
         "xla": loop.xla,
         "versions": {
+            "sectrain": __version__,
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,

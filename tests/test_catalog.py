@@ -55,3 +55,10 @@ def test_bad_options_exit_2_with_a_message(capsys, args, message):
         main(["cifar_resnet20", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("sectrain ")

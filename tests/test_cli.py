@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from sectrain import __version__
+
 
 def sectrain(*args, importtime=False):
     """Runs `sectrain ARGS...`; returns the completed process (stdout and stderr as text)."""
@@ -30,6 +32,13 @@ def test_help_lists_groups_and_keys_without_importing_tensorflow():
         "model: " in result.stdout and "model/attention: eca, none, scse, se, sse" in result.stdout
     )
     assert "global_batch_size" in result.stdout
+    assert not imported_tensorflow(result)
+
+
+def test_version_names_sectrain_and_its_libraries_without_importing_tensorflow():
+    result = sectrain("--version", importtime=True)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"sectrain {__version__} (TensorFlow 2.")
     assert not imported_tensorflow(result)
 
 

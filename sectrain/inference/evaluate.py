@@ -6,14 +6,13 @@ class and a confusion matrix.
     sectrain-eval model.keras data=cifar10     # a bare .keras file on any data set
 """
 
-import argparse
 import csv
 import json
 from pathlib import Path
 
 from rich.table import Table
 
-from sectrain.cli import fail
+from sectrain.cli import command_parser, fail
 from sectrain.errors import ConfigError
 from sectrain.loggers.console import wide_console
 
@@ -98,11 +97,7 @@ def plot_confusion(metrics, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="sectrain-eval",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("sectrain-eval", __doc__)
     parser.add_argument("target", help="a run folder or a .keras file")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for sectrain")
     parser.add_argument("--split", choices=["val", "train"], default="val")

@@ -6,12 +6,11 @@ Signatures:
     predict_images(images: float32[N, H, W, C] in [0, 1], any size) -> the same
 """
 
-import argparse
 from pathlib import Path
 
 from rich.console import Console
 
-from sectrain.cli import fail
+from sectrain.cli import command_parser, fail
 from sectrain.errors import ConfigError
 
 
@@ -49,11 +48,7 @@ def export(trained, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="sectrain-export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("sectrain-export", __doc__)
     parser.add_argument("run", help="a run folder (with model.keras and summary.json)")
     parser.add_argument("--output", help="SavedModel folder (default: RUN/saved_model)")
     args = parser.parse_args(argv)

@@ -1,6 +1,5 @@
 """`sectrain-predict`: the top-k classes of image files, from a run folder."""
 
-import argparse
 import csv
 import json
 import logging
@@ -8,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sectrain.cli import fail, positive_int
+from sectrain.cli import command_parser, fail, positive_int
 from sectrain.errors import ConfigError
 from sectrain.loggers.console import wide_console
 
@@ -40,7 +39,7 @@ def predict(trained, files, top_k, batch_size=64):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="sectrain-predict", description=__doc__)
+    parser = command_parser("sectrain-predict", __doc__)
     parser.add_argument("run", help="a run folder (with model.keras and summary.json)")
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--top-k", type=positive_int, default=5)

@@ -5,7 +5,6 @@ seeds, beside the paper's numbers; Markdown, CSV and learning curves.
     sectrain-report multirun/2026-11-25/10-00-00        # writes report.md, .csv, .png there
 """
 
-import argparse
 import csv
 import math
 import statistics
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sectrain.cli import fail
+from sectrain.cli import command_parser, fail
 from sectrain.errors import ConfigError
 from sectrain.loggers.console import wide_console
 from sectrain.reporting.published import lookup
@@ -281,11 +280,7 @@ def report(paths, out_dir, console):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="sectrain-report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("sectrain-report", __doc__)
     parser.add_argument("paths", nargs="+", help="run folders or folders holding runs")
     parser.add_argument(
         "--out", help="folder for report.md, report.csv, curves.png (default: the first PATH)"
