@@ -87,7 +87,7 @@ def test_default_recipe_trains_and_writes_the_run_folder(tmp_path, fast_digits):
     )
     assert summary["parameters"] == {"trainable": 271_807, "total": 273_183}
     assert summary["flops"] > 0 and summary["images_per_sec"] > 0
-    assert set(summary["versions"]) == {"python", "tensorflow", "keras"}
+    assert set(summary["versions"]) == {"sectrain", "python", "tensorflow", "keras"}
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     columns = {
