@@ -310,10 +310,10 @@ def use_jit(jit_compile, strategy, sync_bn=False):
     without; by default it stays off there with synchronised batch norm, which XLA cannot
     compile (asked for, that is an error: see `check_xla`).
     """
+    mirrored = not compiles_whole_step(strategy)
     if jit_compile is None:
-        mirrored = not compiles_whole_step(strategy)
         return bool(tf.config.list_logical_devices("GPU")) and not (mirrored and sync_bn)
-    check_xla(jit_compile, sync_bn, mirrored=not compiles_whole_step(strategy))
+    check_xla(jit_compile, sync_bn, mirrored=mirrored)
     return jit_compile
 
 
