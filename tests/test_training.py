@@ -128,6 +128,22 @@ def test_cifar100_has_100_classes_under_mock_data(tmp_path):
     assert source.num_classes == 100 and source.image_shape == (32, 32, 3)
 
 
+def test_jobs_of_a_sweep_each_train_under_a_mirrored_strategy_of_their_own(tmp_path):
+    # Hydra's basic launcher runs a sweep's jobs one after another in one process; the
+    # second job's collective ops used to collide with the first's (tensorflow#62790).
+    for ratio in (16, 4):
+        config = make_config(
+            "trainer.strategy=mirrored",
+            f"model.attention.ratio={ratio}",
+            "+model.options.depths=[1,1,1]",
+            "trainer.epochs=1",
+            "trainer.global_batch_size=256",
+        )
+        train(config, tmp_path / str(ratio))
+        summary = json.loads((tmp_path / str(ratio) / "summary.json").read_text())
+        assert (summary["status"], summary["replicas"]) == ("completed", 2)
+
+
 def test_global_batch_must_divide_across_replicas(tmp_path):
     config = make_config("trainer.strategy=mirrored", "trainer.global_batch_size=33")
     with pytest.raises(ConfigError, match="divisible by the 2 replicas"):

@@ -6,6 +6,8 @@ import tensorflow as tf
 
 from sectrain.errors import ConfigError
 
+COLLECTIVE_KEYS_PER_STRATEGY = 1000  # group keys a strategy may use: one per device set
+
 
 def make_strategy(name):
     """Returns a tf.distribute strategy.
@@ -33,6 +35,12 @@ def make_strategy(name):
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
     devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+    # Each MirroredStrategy numbers its collective ops from the same start, and TensorFlow
+    # keeps the shapes of those already run: without a base of its own, the next strategy
+    # in this process (the next job of a sweep) fails with "Shape mismatch in the
+    # collective instance 100" (tensorflow#62790). The base is private; TensorFlow's own
+    # tests set it the same way.
+    tf.distribute.MirroredStrategy._collective_key_base += COLLECTIVE_KEYS_PER_STRATEGY
     return tf.distribute.MirroredStrategy(devices)
 
 
