@@ -124,6 +124,7 @@ class TrainerConfig:
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     sync_bn: bool = False  # synchronise batch-norm statistics across replicas
     steps_per_call: int = 1  # training steps per tf.function call
+    micro_batches: int = 1  # passes per replica and step, their gradients summed
     jit_compile: bool | None = None  # XLA; null: on with a GPU (unless mirrored with sync_bn)
     save_model: bool = True  # write model.keras at the end
     checkpoint_every_epochs: int = 1  # checkpoint at the end of every N-th epoch (and the last)
@@ -340,6 +341,18 @@ def _check(c: Config):
     _at_least("trainer.epochs", t.epochs, 1)
     _at_least("trainer.global_batch_size", t.global_batch_size, 1)
     _at_least("trainer.steps_per_call", t.steps_per_call, 1)
+    _at_least("trainer.micro_batches", t.micro_batches, 1)
+    if t.global_batch_size % t.micro_batches:
+        raise ConfigError(
+            f"trainer.micro_batches: must divide trainer.global_batch_size "
+            f"({t.global_batch_size}). Received: {t.micro_batches}"
+        )
+    if t.micro_batches > 1 and t.sync_bn:
+        raise ConfigError(
+            "trainer.micro_batches: batch norm normalises each micro-batch by its own "
+            "statistics, which trainer.sync_bn=true would share across the whole batch; "
+            "use one of them"
+        )
     _at_least("trainer.checkpoint_every_steps", t.checkpoint_every_steps, 0)
     _at_least("trainer.checkpoint_every_epochs", t.checkpoint_every_epochs, 1)
     _between("trainer.label_smoothing", t.label_smoothing, 0.0, 0.99)

@@ -78,9 +78,13 @@ def train(config, run_dir, console=None):
         run_dir if chief else Path(tempfile.mkdtemp(prefix=f"sectrain-{worker_name(strategy)}-"))
     )
     replicas = strategy.num_replicas_in_sync
-    if t.global_batch_size % replicas:
+    # the parts each step's global batch is split into
+    parts = f"{replicas} replica(s)" + (
+        f" x {t.micro_batches} micro-batches" if t.micro_batches > 1 else ""
+    )
+    if t.global_batch_size % (replicas * t.micro_batches):
         raise ConfigError(
-            f"trainer.global_batch_size: must be divisible by the {replicas} replicas. "
+            f"trainer.global_batch_size: must be divisible by the {parts}. "
             f"Received: {t.global_batch_size}"
         )
 
@@ -134,7 +138,7 @@ def train(config, run_dir, console=None):
         f"{trainable:,} trainable / {total:,} total parameters, "
         f"{flops / 1e6:,.1f} MFLOPs per {height}x{width} image; "
         f"{source.num_train:,} train / {source.num_val:,} val images, "
-        f"{replicas} replica(s), {t.precision}, XLA: {loop.xla}",
+        f"{parts}, {t.precision}, XLA: {loop.xla}",
     )
     summary = {
         "status": "running",
@@ -297,6 +301,7 @@ def build_trainer(config, strategy, source, steps_per_epoch):
         l2_decay_rate(config.optimizer),
         jit_compile=use_jit(t.jit_compile, strategy, t.sync_bn),
         label_smoothing=t.label_smoothing,
+        micro_batches=t.micro_batches,
     )
     return model, optimizer, loop
 

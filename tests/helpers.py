@@ -47,6 +47,7 @@ def train_weights(
     sync_bn=True,
     jit_compile=False,
     evaluate=False,
+    micro_batches=1,
 ):
     """Trains a small SE-ResNet on fixed digits batches from a seeded initialisation,
     then, if `evaluate`, evaluates it on the validation split (`loop.results("val")`).
@@ -72,7 +73,13 @@ def train_weights(
         optimizer.build(model.trainable_variables)
     initial = [v.numpy() for v in model.variables]
     loop = TrainingLoop(
-        strategy, model, optimizer, global_batch, l2_rate=1e-4, jit_compile=jit_compile
+        strategy,
+        model,
+        optimizer,
+        global_batch,
+        l2_rate=1e-4,
+        jit_compile=jit_compile,
+        micro_batches=micro_batches,
     )
     iterator = iter(strategy.experimental_distribute_dataset(data))
     losses = []

@@ -105,6 +105,8 @@ def test_attention_kinds_match_the_registered_layers():
         (["model.attention.kernel_size=4"], "model.attention.kernel_size: must be odd"),
         (["data=folder"], "data.path: data=folder needs the folder of images"),
         (["data=tfds"], "data.name: data=tfds needs a TensorFlow Datasets name"),
+        (["trainer.micro_batches=3"], "must divide trainer.global_batch_size (64). Received: 3"),
+        (["trainer.micro_batches=2", "trainer.sync_bn=true"], "use one of them"),
     ],
 )
 def test_invalid_values_are_rejected_with_key_value_and_allowed(overrides, expected):

@@ -2,8 +2,8 @@
 
 sectrain owns this loop instead of calling `model.fit`, which fails under
 MultiWorkerMirroredStrategy in Keras 3. Each replica computes its loss as a sum over its
-examples divided by the global batch size, so the gradients summed across replicas are
-those of the mean loss over the global batch.
+examples divided by the global batch size, so the gradients summed across replicas (and
+across the micro-batches of a replica) are those of the mean loss over the global batch.
 """
 
 import keras
@@ -37,6 +37,10 @@ class TrainingLoop:
             strategy, its forward and backward pass only (see `compiles_whole_step`).
         label_smoothing: float, training targets 1 - eps + eps / classes on the label and
             eps / classes elsewhere; evaluation uses the plain labels.
+        micro_batches: int, forward and backward passes per replica and step, each on
+            an equal part of the replica's batch, with one update from their summed
+            gradients: a large global batch in the memory of a small one. Batch norm
+            normalises each micro-batch by its own statistics.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class TrainingLoop:
         l2_rate,
         jit_compile,
         label_smoothing=0.0,
+        micro_batches=1,
     ):
         self.strategy = strategy
         self.model = model
@@ -55,6 +60,7 @@ class TrainingLoop:
         self.global_batch_size = global_batch_size
         self.l2_rate = l2_rate
         self.label_smoothing = label_smoothing
+        self.micro_batches = micro_batches
         self.num_classes = model.output.shape[-1]
         top_k = min(5, self.num_classes)
         with strategy.scope():
@@ -102,15 +108,26 @@ class TrainingLoop:
                     labels, logits, from_logits=True
                 )
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
-            if self.l2_rate:
-                loss += tf.nn.scale_regularization_loss(l2_penalty(self.model, self.l2_rate))
+            if self.l2_rate:  # once per step: a share in each replica's each micro-batch
+                penalty = l2_penalty(self.model, self.l2_rate) / self.micro_batches
+                loss += tf.nn.scale_regularization_loss(penalty)
             scaled_loss = self.optimizer.scale_loss(loss)
         return tape.gradient(scaled_loss, self.model.trainable_variables), logits, per_example
 
     def _train_replica_step(self, images, labels):
-        gradients, logits, per_example = self._gradients(images, labels)
+        if self.micro_batches == 1:
+            gradients, logits, per_example = self._gradients(images, labels)
+            self._update("train", labels, logits, per_example)
+        else:
+            images, labels = (
+                tf.reshape(x, [self.micro_batches, -1, *x.shape[1:]]) for x in (images, labels)
+            )
+            gradients = [tf.zeros_like(v) for v in self.model.trainable_variables]
+            for i in tf.range(self.micro_batches):  # a graph loop: the graph stays small
+                micro_gradients, logits, per_example = self._gradients(images[i], labels[i])
+                self._update("train", labels[i], logits, per_example)
+                gradients = [g + m for g, m in zip(gradients, micro_gradients)]
         self.optimizer.apply(gradients, self.model.trainable_variables)
-        self._update("train", labels, logits, per_example)
 
     def _replica_logits(self, images):
         return self.model(images, training=False)
