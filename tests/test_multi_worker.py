@@ -51,7 +51,7 @@ def train_workers(tmp_path, *options):
     )
     for code, _, err in results:
         assert code == 0, err[-3000:]
-    first, second = (np.load(output / "run0.npz") for output in outputs)
+    first, second = (np.load(output / "run.npz") for output in outputs)
     assert first["replicas"] == 2  # one CPU replica in each worker
     assert len(first.files) == len(second.files) > 10
     assert first["losses"][-1] < first["losses"][0]
@@ -66,7 +66,7 @@ def test_two_workers_train_to_identical_weights_and_lower_loss(tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_train_with_xla_compiling_forward_and_backward(tmp_path):
-    first, second = train_workers(tmp_path, "--jit", "true", "--no-sync-bn")
+    first, second = train_workers(tmp_path, "--jit", "--no-sync-bn")
     assert str(first["xla"]) == "forward and backward"
     # each worker keeps batch-norm statistics of its own batches (no sync_bn): the
     # trainable weights, updated with the all-reduced gradients, are the same

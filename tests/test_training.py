@@ -1,8 +1,6 @@
 """The training loop and a whole run, in process, on real data (digits) and mock TFDS."""
 
 import json
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -37,24 +35,18 @@ def test_two_replica_mirrored_with_sync_bn_matches_one_device():
     assert_same_updates(initial, distributed, reference)
 
 
-def test_xla_under_a_mirrored_strategy_compiles_the_passes_and_matches(tmp_path):
+def test_xla_under_a_mirrored_strategy_compiles_the_passes_and_matches():
     # The whole step cannot be compiled there: the optimizer's update is a merge_call.
-    # Both runs train in one new process on two logical CPUs (see tests/train_job.py).
-    command = [sys.executable, "-m", "tests.train_job", str(tmp_path), "mirrored", "--cpus=2"]
-    command += ["--steps=2", "--steps-per-call=1", "--no-sync-bn", "--jit", "true", "false"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    compiled, reference = (np.load(tmp_path / f"run{k}.npz") for k in (0, 1))
-    assert compiled["replicas"] == 2
-    assert str(compiled["xla"]) == "forward and backward" and str(reference["xla"]) == "none"
-    count = sum(key.startswith("final_") for key in compiled.files)
-    initial, got, want = (
-        [saved[f"{when}_{i}"] for i in range(count)]
-        for saved, when in ((compiled, "initial"), (compiled, "final"), (reference, "final"))
-    )
+    options = {"steps": 2, "sync_bn": False, "evaluate": True}
+    compiled, initial, got, _ = train_weights("mirrored", jit_compile=True, **options)
+    reference, _, want, _ = train_weights("mirrored", jit_compile=False, **options)
+    assert compiled.strategy.num_replicas_in_sync == 2
+    assert (compiled.xla, reference.xla) == ("forward and backward", "none")
     assert_same_updates(initial, got, want)
     # evaluation: the forward pass compiled, the metrics outside
-    np.testing.assert_allclose(compiled["val_loss"], reference["val_loss"], rtol=2e-3)
+    np.testing.assert_allclose(
+        compiled.results("val")["loss"], reference.results("val")["loss"], rtol=2e-3
+    )
 
 
 def test_several_steps_per_call_equal_one_step_per_call():

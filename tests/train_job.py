@@ -1,14 +1,10 @@
-"""Trains a small SE-ResNet (`helpers.train_weights`) in a process of its own, and
-saves, for each run, its initial and final weights (and which are trainable), its
-training losses, its validation loss and what XLA compiled, as OUT_DIR/run<k>.npz:
+"""Trains a small SE-ResNet (`helpers.train_weights`) in a process of its own, as a
+worker of the multi-worker tests (TF_CONFIG names the worker), and saves its initial and
+final weights (and which are trainable), its training losses, its validation loss and
+what XLA compiled, as OUT_DIR/run.npz:
 
-    python -m tests.train_job OUT_DIR STRATEGY [--cpus N] [--steps N] [--steps-per-call N]
-        [--no-sync-bn] [--jit BOOL [BOOL ...]]
-
-Several `--jit` values train the same model once each, one after the other. Used for
-each worker of the multi-worker tests (TF_CONFIG names the worker), and for mirrored
-runs that cannot share the test process: TensorFlow caches a process's collective
-operations by key, and a second strategy with another model reuses the keys.
+    python -m tests.train_job OUT_DIR STRATEGY [--steps N] [--steps-per-call N]
+        [--no-sync-bn] [--jit]
 """
 
 import argparse
@@ -20,33 +16,30 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("output", type=Path)
     parser.add_argument("strategy")
-    parser.add_argument("--cpus", type=int, default=1, help="logical CPU devices")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--steps-per-call", type=int, default=2)
     parser.add_argument("--no-sync-bn", dest="sync_bn", action="store_false")
-    parser.add_argument("--jit", nargs="+", choices=["true", "false"], default=["false"])
+    parser.add_argument("--jit", action="store_true", help="XLA")
     args = parser.parse_args()
 
-    from tests.helpers import split_cpu, train_weights
+    from tests.helpers import train_weights
 
-    split_cpu(args.cpus)
     args.output.mkdir(parents=True, exist_ok=True)
-    for run, jit in enumerate(args.jit):
-        loop, initial, weights, losses = train_weights(
-            args.strategy,
-            steps=args.steps,
-            steps_per_call=args.steps_per_call,
-            sync_bn=args.sync_bn,
-            jit_compile=jit == "true",
-            evaluate=True,
-        )
-        np.savez(
-            args.output / f"run{run}.npz",
-            **{f"initial_{i}": w for i, w in enumerate(initial)},
-            **{f"final_{i}": w for i, w in enumerate(weights)},
-            trainable=np.array([v.trainable for v in loop.model.variables]),
-            losses=np.array(losses),
-            val_loss=loop.results("val")["loss"],
-            replicas=loop.strategy.num_replicas_in_sync,
-            xla=loop.xla,
-        )
+    loop, initial, weights, losses = train_weights(
+        args.strategy,
+        steps=args.steps,
+        steps_per_call=args.steps_per_call,
+        sync_bn=args.sync_bn,
+        jit_compile=args.jit,
+        evaluate=True,
+    )
+    np.savez(
+        args.output / "run.npz",
+        **{f"initial_{i}": w for i, w in enumerate(initial)},
+        **{f"final_{i}": w for i, w in enumerate(weights)},
+        trainable=np.array([v.trainable for v in loop.model.variables]),
+        losses=np.array(losses),
+        val_loss=loop.results("val")["loss"],
+        replicas=loop.strategy.num_replicas_in_sync,
+        xla=loop.xla,
+    )
