@@ -124,11 +124,12 @@ def check_overrides(args):
 def check_compositions(parsed, config_name="config"):
     """Validates the config the command line composes: for a sweep, that of every value of
     every swept key (the other keys at their first value). A mistake thus fails before
-    Hydra makes a run folder, and before any job of a sweep trains."""
+    Hydra makes a run folder, and before any job of a sweep trains. Returns the configs."""
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     swept = [o for o in parsed if o.is_sweep_override()]
     first = {id(o): (_values(o, as_strings=True) or [None])[0] for o in swept}
     choices = [(o, value) for o in swept for value in _values(o, as_strings=True)]
+    configs = []
     for override, value in choices or [(None, None)]:
         lines = []
         for other in parsed:
@@ -141,13 +142,24 @@ def check_compositions(parsed, config_name="config"):
                 else other.input_line
             )
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            validate(compose(config_name, overrides=lines))
+            configs.append(validate(compose(config_name, overrides=lines)))
+    return configs
 
 
 def check_command_line(args, config_name="config"):
     """Raises ConfigError for a mistake in the command line `args` of a Hydra app whose
     primary config is `config_name`."""
-    check_compositions(check_overrides(args), config_name)
+    parsed = check_overrides(args)
+    configs = check_compositions(parsed, config_name)
+    launcher = next((o.value() for o in parsed if o.key_or_group == "hydra/launcher"), None)
+    multi_worker = any(c.trainer.strategy == "multi_worker" for c in configs)
+    if multi_worker and {"-m", "--multirun"} & set(args) and launcher != "slurm":
+        # TensorFlow sets up a process's communication with the other workers once
+        raise ConfigError(
+            "trainer.strategy=multi_worker: the jobs of a sweep need a process of their "
+            "own on every machine; use hydra/launcher=slurm, or start each job as a "
+            "command of its own"
+        )
 
 
 def _values(override, as_strings=False):

@@ -157,6 +157,13 @@ def test_valid_command_lines_pass_the_check():
     check_command_line([])
 
 
+def test_a_multi_worker_sweep_needs_a_process_per_job():
+    with pytest.raises(ConfigError, match="the jobs of a sweep need a process of their own"):
+        check_command_line(["-m", "trainer.strategy=multi_worker", "trainer.seed=0,1"])
+    check_command_line(["trainer.strategy=multi_worker"])
+    check_command_line(["-m", "hydra/launcher=slurm", "trainer.strategy=multi_worker"])
+
+
 def test_check_key_walks_nested_sections():
     check_key("model.attention.ratio")
     check_key("model.options.depth")  # free-form: checked against the model's builder
