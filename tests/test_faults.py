@@ -11,7 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+from sectrain.errors import ConfigError
+from sectrain.loggers.files import prepare_run_dir
+from tests.helpers import make_config
 from tests.test_cli import sectrain
 from tests.test_inference import write_digit_folder
 
@@ -153,6 +157,17 @@ def test_another_config_is_refused_in_a_run_dir_unless_fresh_start(reference, tm
     assert result.returncode == 0, result.stderr
     (aside,) = run_dir.glob("previous-*")
     assert metrics(aside) == metrics(reference)  # the earlier run is kept, set aside
+
+
+def test_a_run_dir_resumes_with_more_epochs_or_other_micro_batches(tmp_path):
+    def config(*overrides):
+        return OmegaConf.to_yaml(OmegaConf.structured(make_config(*overrides)))
+
+    prepare_run_dir(tmp_path, config())
+    (tmp_path / "checkpoints").mkdir()
+    prepare_run_dir(tmp_path, config("trainer.epochs=30", "trainer.micro_batches=2"))
+    with pytest.raises(ConfigError, match=r"another config \(trainer.global_batch_size differ"):
+        prepare_run_dir(tmp_path, config("trainer.global_batch_size=32"))
 
 
 def test_corrupt_checkpoint_is_reported_not_a_traceback(reference, tmp_path):

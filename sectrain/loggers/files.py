@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = (
     "trainer.checkpoint_every_steps",
     "trainer.checkpoint_every_epochs",
     "trainer.steps_per_call",
+    "trainer.micro_batches",  # e.g. resumed on a GPU with less memory
     "trainer.save_model",
     "logger.",
     "bench.",
