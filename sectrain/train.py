@@ -78,15 +78,7 @@ def train(config, run_dir, console=None):
         run_dir if chief else Path(tempfile.mkdtemp(prefix=f"sectrain-{worker_name(strategy)}-"))
     )
     replicas = strategy.num_replicas_in_sync
-    # the parts each step's global batch is split into
-    parts = f"{replicas} replica(s)" + (
-        f" x {t.micro_batches} micro-batches" if t.micro_batches > 1 else ""
-    )
-    if t.global_batch_size % (replicas * t.micro_batches):
-        raise ConfigError(
-            f"trainer.global_batch_size: must be divisible by the {parts}. "
-            f"Received: {t.global_batch_size}"
-        )
+    parts = batch_parts(t, strategy)
 
     source = load_source(config.data)
     steps_per_epoch = source.num_train // t.global_batch_size
@@ -271,6 +263,25 @@ def start_session(trainer):
     keras.utils.set_random_seed(trainer.seed)
     keras.mixed_precision.set_dtype_policy(trainer.precision)
     return strategy
+
+
+def batch_parts(trainer, strategy):
+    """What each step's global batch is split into under `strategy`, in words: "2
+    replica(s)", or "2 replica(s) x 4 micro-batches".
+
+    Raises:
+        ConfigError: `trainer.global_batch_size` does not divide into them.
+    """
+    replicas = strategy.num_replicas_in_sync
+    parts = f"{replicas} replica(s)"
+    if trainer.micro_batches > 1:
+        parts += f" x {trainer.micro_batches} micro-batches"
+    if trainer.global_batch_size % (replicas * trainer.micro_batches):
+        raise ConfigError(
+            f"trainer.global_batch_size: must be divisible by the {parts}. "
+            f"Received: {trainer.global_batch_size}"
+        )
+    return parts
 
 
 def build_trainer(config, strategy, source, steps_per_epoch):

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
-from sectrain.train import train, use_jit
+from sectrain.train import batch_parts, train, use_jit
 from sectrain.training.strategy import make_strategy
 from tests.helpers import make_config, train_weights
 
@@ -172,6 +172,10 @@ def test_global_batch_must_divide_across_replicas(tmp_path):
     config = make_config("trainer.strategy=mirrored", "trainer.global_batch_size=33")
     with pytest.raises(ConfigError, match=r"divisible by the 2 replica\(s\)"):
         train(config, tmp_path)
+    t = make_config("trainer.global_batch_size=6", "trainer.micro_batches=2").trainer
+    with pytest.raises(ConfigError, match=r"the 2 replica\(s\) x 2 micro-batches. Received: 6"):
+        batch_parts(t, make_strategy("mirrored"))  # as sectrain-bench checks it too
+    assert batch_parts(t, make_strategy("one_device")) == "1 replica(s) x 2 micro-batches"
 
 
 BAD_TASK = {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}

@@ -32,7 +32,7 @@ from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
 from sectrain.inference.fold import fold_for_inference
 from sectrain.models.profile import count_parameters
-from sectrain.train import build_trainer, start_session, use_jit
+from sectrain.train import batch_parts, build_trainer, start_session, use_jit
 from sectrain.training.loop import compiles_whole_step
 
 
@@ -109,6 +109,7 @@ class Trainee:
     def __init__(self, config, strategy, source):
         self.config, self.source = config, source
         t = config.trainer
+        batch_parts(t, strategy)  # the global batch divides among replicas and micro-batches
         self.model, _, self.loop = build_trainer(config, strategy, source, steps_per_epoch=1000)
         self.device_batch = DeviceBatch(
             strategy, t.global_batch_size, source.image_shape, source.num_classes
