@@ -130,6 +130,7 @@ class TrainerConfig:
     checkpoint_every_epochs: int = 1  # checkpoint at the end of every N-th epoch (and the last)
     checkpoint_every_steps: int = 0  # also checkpoint every N steps; 0: at epoch ends only
     label_smoothing: float = 0.0  # training targets: 1 - eps on the label, eps spread evenly
+    ema_decay: float = 0.0  # moving average of the weights, evaluated and saved; 0: none
     deterministic: bool = False  # TensorFlow op determinism: same seed, same bits
     fresh_start: bool = False  # the run dir holds another run: set it aside, start anew
 
@@ -178,6 +179,13 @@ class Config:
 # The base of conf/config.yaml: every key exists, with its type, before any YAML is merged.
 SCHEMA_NAME = "sectrain_schema"
 ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+
+
+def with_defaults(run_config):
+    """A run's config (config.yaml, as a dict) with the keys it lacks at their defaults:
+    keys added to sectrain after the run, whose defaults keep the behaviour it had."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config))
+    return OmegaConf.to_container(OmegaConf.merge(defaults, run_config))
 
 
 def check_xla(jit_compile, sync_bn, mirrored):
@@ -356,6 +364,8 @@ def _check(c: Config):
     _at_least("trainer.checkpoint_every_steps", t.checkpoint_every_steps, 0)
     _at_least("trainer.checkpoint_every_epochs", t.checkpoint_every_epochs, 1)
     _between("trainer.label_smoothing", t.label_smoothing, 0.0, 0.99)
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"trainer.ema_decay: must be in [0, 1). Received: {t.ema_decay}")
     _choice("trainer.strategy", t.strategy, STRATEGIES)
     _choice("trainer.precision", t.precision, PRECISIONS)
     check_xla(t.jit_compile, t.sync_bn, mirrored=t.strategy in ("mirrored", "multi_worker"))

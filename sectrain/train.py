@@ -96,6 +96,7 @@ def train(config, run_dir, console=None):
         model=model,
         optimizer=optimizer,
         train_metrics=loop.metric_variables("train"),
+        averages=loop.averages,
         # the state of dropout's random draws, which tf.train.Checkpoint does not track
         random_state=[v.value for v in model.variables if "seed_generator" in v.path],
     )
@@ -243,7 +244,8 @@ def train(config, run_dir, console=None):
                 shutil.rmtree(save_dir, ignore_errors=True)
 
     if chief and t.save_model:
-        _save_model(model, run_dir / "model.keras")
+        with loop.averaged_weights():  # the weights it was evaluated with
+            _save_model(model, run_dir / "model.keras")
     finish("completed")
     best = summary.get("best", {"val_top1": 0.0, "epoch": 0})
     console.end(
@@ -313,6 +315,7 @@ def build_trainer(config, strategy, source, steps_per_epoch):
         jit_compile=use_jit(t.jit_compile, strategy, t.sync_bn),
         label_smoothing=t.label_smoothing,
         micro_batches=t.micro_batches,
+        ema_decay=t.ema_decay,
     )
     return model, optimizer, loop
 

@@ -48,6 +48,7 @@ def train_weights(
     jit_compile=False,
     evaluate=False,
     micro_batches=1,
+    ema_decay=0.0,
 ):
     """Trains a small SE-ResNet on fixed digits batches from a seeded initialisation,
     then, if `evaluate`, evaluates it on the validation split (`loop.results("val")`).
@@ -80,6 +81,7 @@ def train_weights(
         l2_rate=1e-4,
         jit_compile=jit_compile,
         micro_batches=micro_batches,
+        ema_decay=ema_decay,
     )
     iterator = iter(strategy.experimental_distribute_dataset(data))
     losses = []

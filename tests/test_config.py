@@ -107,6 +107,7 @@ def test_attention_kinds_match_the_registered_layers():
         (["data=tfds"], "data.name: data=tfds needs a TensorFlow Datasets name"),
         (["trainer.micro_batches=3"], "must divide trainer.global_batch_size (64). Received: 3"),
         (["trainer.micro_batches=2", "trainer.sync_bn=true"], "use one of them"),
+        (["trainer.ema_decay=1"], "trainer.ema_decay: must be in [0, 1). Received: 1.0"),
     ],
 )
 def test_invalid_values_are_rejected_with_key_value_and_allowed(overrides, expected):

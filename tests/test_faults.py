@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from sectrain.errors import ConfigError
@@ -22,6 +23,7 @@ from tests.test_inference import write_digit_folder
 STEPS_PER_EPOCH = 1437 // 128
 RECIPE = (
     "model.dropout=0.2",  # its random draws must resume too
+    "trainer.ema_decay=0.9",  # and the weights' moving averages, evaluated and saved
     "trainer.deterministic=true",
     "trainer.epochs=2",
     "trainer.global_batch_size=128",
@@ -159,11 +161,13 @@ def test_another_config_is_refused_in_a_run_dir_unless_fresh_start(reference, tm
     assert metrics(aside) == metrics(reference)  # the earlier run is kept, set aside
 
 
-def test_a_run_dir_resumes_with_more_epochs_or_other_micro_batches(tmp_path):
+def test_a_run_dir_resumes_with_more_epochs_other_micro_batches_or_newer_keys(tmp_path):
     def config(*overrides):
         return OmegaConf.to_yaml(OmegaConf.structured(make_config(*overrides)))
 
-    prepare_run_dir(tmp_path, config())
+    old = yaml.safe_load(config())
+    del old["trainer"]["micro_batches"]  # a run made before sectrain had the key
+    prepare_run_dir(tmp_path, yaml.safe_dump(old))
     (tmp_path / "checkpoints").mkdir()
     prepare_run_dir(tmp_path, config("trainer.epochs=30", "trainer.micro_batches=2"))
     with pytest.raises(ConfigError, match=r"another config \(trainer.global_batch_size differ"):

@@ -102,3 +102,6 @@ def test_an_option_given_its_default_value_is_the_same_configuration(tmp_path):
         ("options.stride_on_3x3=False", 2),
         ("options.stride_on_3x3=True", 1),
     ]
+    older = run("d")  # made before sectrain had trainer.ema_decay: the same configuration
+    del older.config["trainer"]["ema_decay"]
+    assert len(group_runs([run("a"), older])) == 1

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
 from sectrain.train import batch_parts, train, use_jit
@@ -86,6 +87,27 @@ def test_micro_batches_compose_with_replicas_and_xla():
     assert (mirrored.xla, single.xla) == ("forward and backward", "step")
     trainable = [i for i, v in enumerate(single.model.variables) if v.trainable]
     assert_same_updates(*([w[i] for i in trainable] for w in (initial, got, want)))
+
+
+def test_moving_average_of_the_weights_is_kept_on_each_replica_and_evaluated():
+    loop, initial, final, _ = train_weights("mirrored", steps=1, ema_decay=0.999, evaluate=True)
+    model = loop.model
+    trainable = [i for i, v in enumerate(model.variables) if v.trainable]
+    decay = 2 / 11  # min(0.999, (1 + step) / (10 + step)) after step 1: a short run's warmup
+    for average, i in zip(loop.averages, trainable):
+        want = decay * initial[i] + (1 - decay) * final[i]
+        for copy in average.values:  # the copy on each replica
+            np.testing.assert_allclose(copy.numpy(), want, rtol=1e-6, atol=1e-7)
+    # evaluation used the averages, and left the trained weights in the model
+    for i in trainable:
+        np.testing.assert_array_equal(model.variables[i].numpy(), final[i])
+    config = make_config("data.augment.pad_crop=0")
+    _, val, _ = make_pipelines(load_source(config.data), config.data, 16, seed=0)
+    images, labels = (np.concatenate(parts) for parts in zip(*val.as_numpy_iterator()))
+    with loop.averaged_weights():
+        logits = model.predict(images, verbose=0)
+    loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    np.testing.assert_allclose(loop.results("val")["loss"], np.mean(loss), rtol=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])

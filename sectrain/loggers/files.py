@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from sectrain.config import with_defaults
 from sectrain.errors import ConfigError
 
 metrics_log = logging.getLogger("sectrain.metrics")  # to the run's log file only
@@ -52,8 +53,10 @@ def flatten(config, prefix=""):
 
 
 def changed_keys(old_yaml, new_yaml):
-    """The dotted keys whose values differ between two configs (as YAML)."""
-    old, new = flatten(yaml.safe_load(old_yaml) or {}), flatten(yaml.safe_load(new_yaml) or {})
+    """The dotted keys whose values differ between two configs (as YAML); a key that the
+    old one lacks (added to sectrain since) counts at its default."""
+    old = flatten(with_defaults(yaml.safe_load(old_yaml) or {}))
+    new = flatten(yaml.safe_load(new_yaml) or {})
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 

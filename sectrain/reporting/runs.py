@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from sectrain.config import with_defaults
 from sectrain.loggers.files import flatten
 from sectrain.models import MODELS
 
@@ -51,14 +52,13 @@ class Run:
 
 def configuration(run):
     """What identifies a run's configuration: its settings without seed and bookkeeping,
-    with the model's option defaults filled in (an option given its default value and
-    one left out build the same network)."""
-    model = run.config["model"]
+    with the defaults filled in of the model's options (an option given its default value
+    and one left out build the same network) and of keys added to sectrain since the run."""
+    run_config = with_defaults(run.config)
+    model = run_config["model"]
     if model.get("name") in MODELS:
         options = MODELS.get(model["name"]).filled(model.get("options") or {})
-        run_config = {**run.config, "model": {**model, "options": options}}
-    else:
-        run_config = run.config
+        run_config = {**run_config, "model": {**model, "options": options}}
     return {
         key: value
         for key, value in flatten(run_config).items()

@@ -6,6 +6,8 @@ examples divided by the global batch size, so the gradients summed across replic
 across the micro-batches of a replica) are those of the mean loss over the global batch.
 """
 
+from contextlib import contextmanager
+
 import keras
 import tensorflow as tf
 
@@ -41,6 +43,9 @@ class TrainingLoop:
             an equal part of the replica's batch, with one update from their summed
             gradients: a large global batch in the memory of a small one. Batch norm
             normalises each micro-batch by its own statistics.
+        ema_decay: float, keep an exponential moving average of the trainable weights,
+            with decay min(ema_decay, (1 + step) / (10 + step)), and evaluate it instead
+            of the weights (0: none).
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class TrainingLoop:
         jit_compile,
         label_smoothing=0.0,
         micro_batches=1,
+        ema_decay=0.0,
     ):
         self.strategy = strategy
         self.model = model
@@ -61,6 +67,7 @@ class TrainingLoop:
         self.l2_rate = l2_rate
         self.label_smoothing = label_smoothing
         self.micro_batches = micro_batches
+        self.ema_decay = ema_decay
         self.num_classes = model.output.shape[-1]
         top_k = min(5, self.num_classes)
         with strategy.scope():
@@ -74,6 +81,12 @@ class TrainingLoop:
                 }
                 for split in ("train", "val")
             }
+            # the moving average of each trainable weight, starting from its initial value
+            self.averages = [
+                tf.Variable(v.value, trainable=False, name=f"average_{i}")
+                for i, v in enumerate(model.trainable_variables)
+                if ema_decay
+            ]
         whole_step = compiles_whole_step(strategy)
         # what XLA compiles of a step: "none", "step", or "forward and backward" (and the
         # forward pass of evaluation), with the update and the metrics outside
@@ -142,6 +155,35 @@ class TrainingLoop:
         """Runs `num_steps` training steps (a tensor: no retracing) in one call."""
         for _ in tf.range(num_steps):
             self.strategy.run(self._train_replica, args=next(iterator))
+            if self.averages:
+                self._update_averages()
+
+    def _update_averages(self):
+        step = tf.cast(self.optimizer.iterations, "float32")  # counts the step just taken
+        decay = tf.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+        for average, variable in zip(self.averages, self.model.trainable_variables):
+            # on each replica's own copy, as the optimizer updates the weights
+            self.strategy.extended.update(
+                average,
+                lambda a, v: a.assign(decay * a + (1.0 - decay) * v),
+                args=(variable.value,),
+            )
+
+    @contextmanager
+    def averaged_weights(self):
+        """Inside this block the model holds the moving averages of its trainable weights
+        (if the loop keeps them), and its own weights again after it."""
+        self._swap_averages()
+        try:
+            yield
+        finally:
+            self._swap_averages()
+
+    def _swap_averages(self):
+        for average, variable in zip(self.averages, self.model.trainable_variables):
+            weights = variable.numpy()
+            variable.assign(average.numpy())
+            average.assign(weights)
 
     @tf.function
     def _evaluate(self, dataset):
@@ -149,9 +191,11 @@ class TrainingLoop:
             self.strategy.run(self._eval_replica, args=(images, labels))
 
     def evaluate(self, distributed_dataset):
-        """Evaluates on a distributed data set; returns {"loss", "top1", "top5"}."""
+        """Evaluates on a distributed data set, with the averaged weights if the loop keeps
+        them; returns {"loss", "top1", "top5"}."""
         self.reset("val")
-        self._evaluate(distributed_dataset)
+        with self.averaged_weights():
+            self._evaluate(distributed_dataset)
         return self.results("val")
 
     def reset(self, split):
