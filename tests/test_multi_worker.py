@@ -83,6 +83,8 @@ def sectrain_workers(run_dir, epochs):
             "trainer.strategy=multi_worker",
             f"trainer.epochs={epochs}",
             "trainer.global_batch_size=128",
+            "trainer.micro_batches=2",  # each worker: two passes of 32, one update
+            "trainer.ema_decay=0.9",  # the averages, on each worker, checkpointed by all
             "logger.progress=false",
             f"hydra.run.dir={run_dir}",
         ]
