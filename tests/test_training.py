@@ -26,6 +26,11 @@ def assert_same_updates(initial, got, want):
     assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
 
 
+def trainable_indices(model):
+    """Where the trainable weights are in `model.variables` (and in `train_weights`'s lists)."""
+    return [i for i, v in enumerate(model.variables) if v.trainable]
+
+
 def test_two_replica_mirrored_with_sync_bn_matches_one_device():
     mirrored, initial, distributed, _ = train_weights("mirrored", steps=2)
     assert mirrored.strategy.num_replicas_in_sync == 2
@@ -67,7 +72,7 @@ def test_micro_batches_on_one_device_train_as_replicas_do():
         "one_device", steps=1, sync_bn=False, micro_batches=2
     )
     _, _, want, replicas_loss = train_weights("mirrored", steps=1, sync_bn=False)
-    trainable = [i for i, v in enumerate(micro.model.variables) if v.trainable]
+    trainable = trainable_indices(micro.model)
     assert len(trainable) < len(initial)
     assert max(np.abs(want[i] - initial[i]).max() for i in trainable) > 1e-3
     for i in trainable:
@@ -85,14 +90,14 @@ def test_micro_batches_compose_with_replicas_and_xla():
         "one_device", steps=1, sync_bn=False, jit_compile=True, micro_batches=4
     )
     assert (mirrored.xla, single.xla) == ("forward and backward", "step")
-    trainable = [i for i, v in enumerate(single.model.variables) if v.trainable]
+    trainable = trainable_indices(single.model)
     assert_same_updates(*([w[i] for i in trainable] for w in (initial, got, want)))
 
 
 def test_moving_average_of_the_weights_is_kept_on_each_replica_and_evaluated():
     loop, initial, final, _ = train_weights("mirrored", steps=1, ema_decay=0.999, evaluate=True)
     model = loop.model
-    trainable = [i for i, v in enumerate(model.variables) if v.trainable]
+    trainable = trainable_indices(model)
     decay = 2 / 11  # min(0.999, (1 + step) / (10 + step)) after step 1: a short run's warmup
     for average, i in zip(loop.averages, trainable):
         want = decay * initial[i] + (1 - decay) * final[i]

@@ -128,7 +128,7 @@ class TrainingLoop:
         return tape.gradient(scaled_loss, self.model.trainable_variables), logits, per_example
 
     def _train_replica_step(self, images, labels):
-        if self.micro_batches == 1:
+        if self.micro_batches == 1:  # one pass needs no graph loop around it
             gradients, logits, per_example = self._gradients(images, labels)
             self._update("train", labels, logits, per_example)
         else:
