@@ -46,6 +46,9 @@ class ModelConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     dropout: float = 0.0  # dropout rate before the classifier
     options: dict[str, Any] = field(default_factory=dict)  # the builder's own arguments
+    # a run folder or .keras file whose weights start training, layer by layer where
+    # names and shapes match (fine-tuning; a new classifier for other classes)
+    init_from: str | None = None
 
 
 @dataclass

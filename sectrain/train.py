@@ -30,6 +30,7 @@ from sectrain.training.checkpoint import restore_latest, stop_requests
 from sectrain.training.loop import TrainingLoop, compiles_whole_step
 from sectrain.training.optim import l2_decay_rate, make_optimizer, make_schedule
 from sectrain.training.strategy import is_chief, make_strategy, worker_name
+from sectrain.training.warm_start import warm_start
 
 log = logging.getLogger("sectrain")
 # Raised by TensorFlow itself when a distributed data set is iterated inside tf.function.
@@ -90,7 +91,15 @@ def train(config, run_dir, console=None):
     total_steps = t.epochs * steps_per_epoch
 
     attention = asdict(config.model.attention)
-    model, optimizer, loop = build_trainer(config, strategy, source, steps_per_epoch)
+    # a resumed run's checkpoint holds its weights: model.init_from is for a fresh start
+    resuming = tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is not None
+    model, optimizer, loop = build_trainer(
+        config,
+        strategy,
+        source,
+        steps_per_epoch,
+        init_from=None if resuming else config.model.init_from,
+    )
 
     checkpoint = tf.train.Checkpoint(
         model=model,
@@ -286,9 +295,11 @@ def batch_parts(trainer, strategy):
     return parts
 
 
-def build_trainer(config, strategy, source, steps_per_epoch):
+def build_trainer(config, strategy, source, steps_per_epoch, init_from=None):
     """The model, its optimizer (with the learning-rate schedule) and the training loop
-    that `config` describes for `source`'s images, built in `strategy`'s scope."""
+    that `config` describes for `source`'s images, built in `strategy`'s scope; the
+    model starts from the weights of the trained model in `init_from`, if given (see
+    `sectrain.training.warm_start`)."""
     t = config.trainer
     with strategy.scope():
         model = build_model(
@@ -306,6 +317,8 @@ def build_trainer(config, strategy, source, steps_per_epoch):
         schedule = make_schedule(config.schedule, peak_lr, steps_per_epoch, t.epochs)
         optimizer = make_optimizer(config.optimizer, schedule, t.precision)
         optimizer.build(model.trainable_variables)
+    if init_from:  # before the loop, whose moving averages start from the weights
+        warm_start(model, init_from)
     loop = TrainingLoop(
         strategy,
         model,

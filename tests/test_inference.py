@@ -1,6 +1,7 @@
 """Own images end to end through the commands: train on a folder, evaluate, predict, export."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,38 @@ def test_training_on_a_folder_records_its_classes(trained_run):
     assert summary["classes"] == list(CLASSES)
     assert summary["image_shape"] == [32, 32, 3] and len(summary["normalization"]["mean"]) == 3
     assert summary["final"]["val_top1"] > 0.5  # three well-separated digits
+
+
+def test_a_run_fine_tunes_a_trained_model_and_resumes_without_it(trained_run, tmp_path):
+    images, run_dir = trained_run
+    two_classes = tmp_path / "images"
+    for name in CLASSES[:2]:
+        shutil.copytree(images / name, two_classes / name)
+    trained = shutil.copy(run_dir / "model.keras", tmp_path / "trained.keras")
+    run = [
+        "data=folder",
+        f"data.path={two_classes}",
+        f"model.init_from={trained}",
+        "trainer.global_batch_size=16",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = sectrain(*run, "trainer.epochs=1")
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "run" / "sectrain.log").read_text()
+    assert f"start from {trained}" in log and "predictions (other weight shapes)" in log
+    Path(trained).unlink()  # a resumed run reads its checkpoint, not model.init_from
+    result = sectrain(*run, "trainer.epochs=2")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["classes"]) == ("completed", list(CLASSES[:2]))
+    assert "resumed from" in (tmp_path / "run" / "sectrain.log").read_text()
+
+
+def test_a_missing_model_to_start_from_exits_2(tmp_path):
+    result = sectrain(f"model.init_from={tmp_path / 'none.keras'}", "trainer.epochs=1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())  # as the console wraps it
+    assert "model.init_from: '" in message and "is neither a run folder with model.keras" in message
 
 
 def test_train_and_val_subfolders_are_used_as_given(tmp_path):

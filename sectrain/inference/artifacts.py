@@ -55,11 +55,9 @@ class TrainedModel:
         return tf.map_fn(read, images, fn_output_signature=tf.float32)
 
 
-def load_trained(target):
-    """Loads a run folder (its model.keras and summary.json) or a .keras file, its model
-    as sectrain's inference runs it (see `sectrain.inference.fold.inference_model`)."""
+def load_keras_model(target):
+    """The Keras model of a run folder (its model.keras) or of a .keras file, as saved."""
     target = Path(target)
-    run_dir = target if target.is_dir() else target.parent
     model_path = target / "model.keras" if target.is_dir() else target
     if not model_path.is_file() or model_path.suffix != ".keras":
         raise ConfigError(
@@ -69,12 +67,19 @@ def load_trained(target):
     import sectrain.layers.common  # noqa: F401
 
     try:
-        model = keras.saving.load_model(model_path)
+        return keras.saving.load_model(model_path)
     except Exception as error:  # a truncated or foreign file: say which, not how
         raise ConfigError(f"{str(model_path)!r} could not be loaded: {error}") from None
+
+
+def load_trained(target):
+    """Loads a run folder (its model.keras and summary.json) or a .keras file, its model
+    as sectrain's inference runs it (see `sectrain.inference.fold.inference_model`)."""
     from sectrain.inference.fold import inference_model
 
-    model = inference_model(model)
+    target = Path(target)
+    run_dir = target if target.is_dir() else target.parent
+    model = inference_model(load_keras_model(target))
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     normalization = summary.get("normalization", {})
