@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 from omegaconf import OmegaConf
+from tensorflow.python.framework import config as tf_config
 
 from sectrain import __version__
 from sectrain.config import check_xla
@@ -270,6 +271,8 @@ def start_session(trainer):
     keras.backend.clear_session()  # sweeps run several jobs in one process
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:  # after a deterministic job of the sweep; TensorFlow's way back is private
+        tf_config.disable_op_determinism()
     strategy = make_strategy(trainer.strategy)  # multi-worker: before any other TensorFlow op
     keras.utils.set_random_seed(trainer.seed)
     keras.mixed_precision.set_dtype_policy(trainer.precision)

@@ -8,10 +8,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sectrain.config import TrainerConfig
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
-from sectrain.train import batch_parts, train, use_jit
+from sectrain.train import batch_parts, start_session, train, use_jit
 from sectrain.training.strategy import make_strategy
 from tests.helpers import make_config, train_weights
 
@@ -193,6 +194,14 @@ def test_jobs_of_a_sweep_each_train_under_a_mirrored_strategy_of_their_own(tmp_p
         train(config, tmp_path / str(ratio))
         summary = json.loads((tmp_path / str(ratio) / "summary.json").read_text())
         assert (summary["status"], summary["replicas"]) == ("completed", 2)
+
+
+def test_a_job_after_a_deterministic_one_runs_without_op_determinism():
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    for deterministic in (True, False):  # two jobs of a sweep, in one process
+        start_session(TrainerConfig(deterministic=deterministic))
+        assert is_op_determinism_enabled() == deterministic
 
 
 def test_global_batch_must_divide_across_replicas(tmp_path):
