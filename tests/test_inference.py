@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +14,10 @@ from sklearn.datasets import load_digits
 
 from sectrain.config import DataConfig
 from sectrain.data.sources import load_folder
+from sectrain.errors import ConfigError
+from sectrain.inference.artifacts import load_trained
+from sectrain.models import build_model
+from tests.helpers import SE
 from tests.test_cli import imported_tensorflow, sectrain
 
 CLASSES = ("0", "1", "2")
@@ -124,6 +129,36 @@ def test_eval_reports_metrics_per_class_and_a_confusion_matrix(trained_run):
     assert "top-1" in result.stdout
 
 
+def test_eval_at_another_image_size_writes_beside_the_results_at_its_own(trained_run):
+    _, run_dir = trained_run
+    result = command("evaluate", str(run_dir), "data.image_size=48")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "eval" / "eval_val_48x48.json").read_text())
+    assert metrics["image_size"] == [48, 48] and metrics["images"] == 24
+    assert (run_dir / "eval" / "confusion_val_48x48.png").is_file()
+    assert "48x48 images" in result.stdout and "trained on 32x32 images" in result.stdout
+
+
+def test_a_model_for_one_image_size_takes_no_other(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    flat = keras.layers.Flatten()(inputs)
+    keras.Model(inputs, keras.layers.Dense(10)(flat)).save(tmp_path / "flat.keras")
+    trained = load_trained(tmp_path / "flat.keras")
+    assert trained.at_image_size(8, 8) is trained
+    with pytest.raises(ConfigError, match="data.image_size: the model takes 8x8 images only"):
+        trained.at_image_size(32, 32)
+
+
+def test_a_network_with_global_pooling_takes_any_image_size_with_its_weights(tmp_path):
+    model = build_model("cifar_resnet20", num_classes=10, input_shape=(32, 32, 3), attention=SE)
+    model.save(tmp_path / "model.keras")
+    trained = load_trained(tmp_path / "model.keras")
+    larger = trained.at_image_size(48, 40)
+    assert larger.image_shape == (48, 40, 3) and trained.image_shape == (32, 32, 3)
+    assert larger.model.get_layer("predictions") is trained.model.get_layer("predictions")
+    assert larger.model(np.zeros((2, 48, 40, 3))).shape == (2, 10)
+
+
 def test_predict_prints_and_writes_top_k_for_a_folder(trained_run):
     images, run_dir = trained_run
     result = command("predict", str(run_dir), str(images / "2"), "--top-k", "2")
@@ -184,8 +219,6 @@ def test_exported_savedmodel_serves_the_same_predictions_without_sectrain(traine
     out = np.load(tmp_path / "out.npz")
 
     import tensorflow as tf
-
-    from sectrain.inference.artifacts import load_trained
 
     trained = load_trained(run_dir)
     inputs = trained.read_images(tf.constant([Path(f).read_bytes() for f in files]))

@@ -1,5 +1,6 @@
 """A trained model and what it needs to read images: classes, size, normalisation."""
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -37,6 +38,29 @@ class TrainedModel:
 
         jit = use_jit(None, tf.distribute.get_strategy())
         return tf.function(lambda images: self.model(images, training=False), jit_compile=jit)
+
+    def at_image_size(self, height, width):
+        """This model for height x width images: its own layers and weights, called on an
+        input of that size (a network that ends in global pooling takes any size).
+
+        Raises:
+            ConfigError: the model cannot (a fully connected layer on flattened features).
+        """
+        if (height, width) == self.image_shape[:2]:
+            return self
+        inputs = keras.Input((height, width, self.image_shape[-1]))
+        try:
+            model = keras.models.clone_model(
+                self.model, input_tensors=inputs, clone_function=lambda layer: layer
+            )
+        except ValueError as error:
+            first_line = str(error).strip().splitlines()[0]
+            trained_height, trained_width, _ = self.image_shape
+            raise ConfigError(
+                f"data.image_size: the model takes {trained_height}x{trained_width} images "
+                f"only ({first_line})"
+            ) from None
+        return dataclasses.replace(self, model=model)
 
     def read_images(self, images):
         """A batch of encoded image bytes, or of float images in [0, 1] of one size ->

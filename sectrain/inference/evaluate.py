@@ -4,6 +4,7 @@ class and a confusion matrix.
     sectrain-eval RUN_DIR                      # the run's own validation split
     sectrain-eval RUN_DIR data.path=/other     # the run's config with overrides
     sectrain-eval model.keras data=cifar10     # a bare .keras file on any data set
+    sectrain-eval RUN_DIR data.image_size=320  # at another input size
 """
 
 import csv
@@ -19,7 +20,8 @@ from sectrain.loggers.console import wide_console
 
 def evaluate(trained, data, split, batch_size=256):
     """Returns the metrics of `trained` (a `TrainedModel`) on `split` ("val" or "train")
-    of `data` (a `DataConfig`), with the confusion matrix (rows: true classes)."""
+    of `data` (a `DataConfig`), at `data.image_size`, with the confusion matrix (rows:
+    true classes)."""
     import numpy as np
     import tensorflow as tf
 
@@ -27,11 +29,12 @@ def evaluate(trained, data, split, batch_size=256):
     from sectrain.data.sources import load_source
 
     source = load_source(data)
-    if source.image_shape != trained.image_shape:
+    height, width, channels = source.image_shape
+    if channels != trained.image_shape[-1]:
         raise ConfigError(
-            f"data: images are {source.image_shape}, the model takes {trained.image_shape} "
-            "(set data.image_size, or evaluate the run's own data)"
+            f"data: images have {channels} channel(s), the model takes {trained.image_shape[-1]}"
         )
+    trained = trained.at_image_size(height, width)
     num_classes = trained.model.output_shape[-1]
     if source.num_classes != num_classes:
         raise ConfigError(f"data: {source.num_classes} classes, the model has {num_classes}")
@@ -62,6 +65,7 @@ def evaluate(trained, data, split, batch_size=256):
     ]
     return {
         "split": split,
+        "image_size": [height, width],
         "images": int(len(labels)),
         "loss": float(np.mean(loss)),
         "top1": float(np.mean(ranked[:, 0] == labels)),
@@ -126,7 +130,11 @@ def main(argv=None):
         fail(error)
 
     console = wide_console()
-    table = Table(title=f"{target} on {config.data.name} {args.split}")
+    height, width = metrics["image_size"]
+    own_size = (height, width) == trained.image_shape[:2]
+    # results at a size other than the model's own go beside those, not over them
+    name = args.split if own_size else f"{args.split}_{height}x{width}"
+    table = Table(title=f"{target} on {config.data.name} {args.split}, {height}x{width} images")
     for column in ("class", "images", "top-1"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in metrics["per_class"]:
@@ -138,12 +146,15 @@ def main(argv=None):
         f"({metrics['images']:,} images)",
         highlight=False,
     )
+    if not own_size:
+        trained_height, trained_width, _ = trained.image_shape
+        console.print(f"(the model trained on {trained_height}x{trained_width} images)")
     output.mkdir(parents=True, exist_ok=True)
-    (output / f"eval_{args.split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    with (output / f"per_class_{args.split}.csv").open("w", newline="") as f:
+    (output / f"eval_{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with (output / f"per_class_{name}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["class", "images", "top1"])
         writer.writeheader()
         writer.writerows(metrics["per_class"])
-    plot_confusion(metrics, output / f"confusion_{args.split}.png")
+    plot_confusion(metrics, output / f"confusion_{name}.png")
     console.print(f"results in {output}", highlight=False)
     return 0
