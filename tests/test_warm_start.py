@@ -9,6 +9,7 @@ from sectrain.errors import ConfigError
 from sectrain.models import build_model
 from sectrain.train import build_trainer
 from sectrain.training.strategy import make_strategy
+from sectrain.training.warm_start import copy_matching_weights
 from tests.helpers import make_config
 
 
@@ -58,3 +59,17 @@ def test_a_source_of_another_architecture_is_a_config_error(tmp_path):
     strategy = make_strategy("default")
     with pytest.raises(ConfigError, match="has no layer of .* another architecture"):
         build_trainer(config, strategy, source, steps_per_epoch=1, init_from=config.model.init_from)
+
+
+def test_a_layer_of_another_kind_keeps_its_initialisation():
+    def model(head):
+        inputs = keras.Input((3,))
+        return keras.Model(inputs, head(keras.layers.Dense(3, name="body")(inputs)))
+
+    source = model(keras.layers.Dense(4, name="head"))
+    target = model(
+        keras.layers.EinsumDense("ab,bc->ac", output_shape=4, bias_axes="c", name="head")
+    )
+    copied, fresh, unused = copy_matching_weights(source, target)
+    assert (copied, fresh, unused) == (["body"], {"head": "Dense in the source"}, ["head"])
+    np.testing.assert_array_equal(target.get_layer("body").kernel, source.get_layer("body").kernel)

@@ -33,7 +33,7 @@ def copy_matching_weights(source, model):
         if match is None:
             fresh[layer.name] = "not in the source"
         elif type(match) is not type(layer):
-            fresh[layer.name] = f"a {type(match).__name__} in the source"
+            fresh[layer.name] = f"{type(match).__name__} in the source"
         elif [w.shape for w in match.weights] != [w.shape for w in layer.weights]:
             fresh[layer.name] = "other weight shapes"
         else:
