@@ -52,6 +52,7 @@ EXPECTED_TABLE_ROWS = {  # experiment -> (jobs, paper tables its jobs compare wi
     "table4_5_wrn": (4, {"Table 4", "Table 5"}),
     "table4_shake_shake": (2, {"Table 4"}),
     "table5_shake_even": (2, {"Table 5"}),
+    "table8_senet154": (1, {"Table 8"}),
     "ablation_ratio": (5, {"Table 10", "Tables 10-16"}),
     "ablation_squeeze": (3, {"Table 11", "Table 16", "Tables 10-16"}),
     "ablation_gate": (3, {"Table 12", "Tables 10-16"}),
