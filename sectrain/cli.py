@@ -207,21 +207,25 @@ def run(cfg) -> float:
         fail(error)
     except RunStopped as stopped:
         message = str(stopped)
-        if stopped.status == "interrupted":
-            message += f". To resume: {resume_command(hydra_config)}"
+        if stopped.resume_with is not None:
+            message += f". To resume: {resume_command(hydra_config, stopped.resume_with)}"
         # not wrapped, so that the command can be copied whole
         status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
         Console(stderr=True).print(status, soft_wrap=True)
         sys.exit(stopped.exit_code)
 
 
-def resume_command(hydra_config):
+def resume_command(hydra_config, changes=()):
     """What continues the job of `hydra_config` from its last checkpoint: its command
-    line, pinned to its run folder (or, in a sweep, to the sweep's folder)."""
+    line with the overrides `changes` (key=value), pinned to its run folder (or, in a
+    sweep, to the sweep's folder)."""
     if hydra_config.mode == RunMode.MULTIRUN:
-        return f"the same sweep with hydra.sweep.dir={shlex.quote(hydra_config.sweep.dir)}"
+        sweep_dir = shlex.quote(hydra_config.sweep.dir)
+        return f"the same sweep with {' '.join([*changes, f'hydra.sweep.dir={sweep_dir}'])}"
+    changed = {change.split("=")[0] for change in changes}
+    kept = [o for o in hydra_config.overrides.task if o.split("=")[0] not in changed]
     run_dir = f"hydra.run.dir={hydra_config.runtime.output_dir}"
-    return shlex.join(["sectrain", *hydra_config.overrides.task, run_dir])
+    return shlex.join(["sectrain", *kept, *changes, run_dir])
 
 
 def run_checked(app, config_name="config"):

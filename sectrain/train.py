@@ -38,16 +38,41 @@ log = logging.getLogger("sectrain")
 warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
 
 EXIT_DIVERGED = 3
+EXIT_OUT_OF_MEMORY = 4
 
 
 class RunStopped(Exception):
-    """Training ended before its last step. `status` ("interrupted" or "diverged") is
-    also written to summary.json; `exit_code` is the status the command exits with."""
+    """Training ended before its last step. `status` ("interrupted", "diverged" or
+    "out_of_memory") is also written to summary.json; `exit_code` is the status the
+    command exits with; `resume_with` lists the overrides with which the run resumes
+    (None: resuming as it is would stop again the same way)."""
 
-    def __init__(self, status, message, exit_code):
+    def __init__(self, status, message, exit_code, resume_with=None):
         super().__init__(message)
         self.status = status
         self.exit_code = exit_code
+        self.resume_with = resume_with
+
+
+def out_of_memory(error, step, trainer, replicas):
+    """The RunStopped for a device that ran out of memory by `step` of a run of
+    `trainer`: resumed with twice the micro-batches where its batch divides into them."""
+    micro_batches = 2 * trainer.micro_batches
+    fits = not trainer.sync_bn and trainer.global_batch_size % (replicas * micro_batches) == 0
+    change = f"trainer.micro_batches={micro_batches}"
+    advice = (
+        f"{change} trains the same batch in parts, in less memory"
+        if fits
+        else "lower trainer.global_batch_size"
+    )
+    first_line = str(error.message).strip().splitlines()[0]
+    return RunStopped(
+        "out_of_memory",
+        f"the device ran out of memory by step {step} ({first_line}); {advice}. The last "
+        "checkpoint is kept",
+        EXIT_OUT_OF_MEMORY,
+        resume_with=[change] if fits else None,
+    )
 
 
 def train(config, run_dir, console=None):
@@ -219,6 +244,7 @@ def train(config, run_dir, console=None):
                                 f"stopped by {name} at step {step} (epoch {epoch}); a checkpoint "
                                 "is saved",
                                 128 + stop["signal"],
+                                resume_with=[],
                             )
                         if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
                             manager.save(checkpoint_number=step)
@@ -244,6 +270,10 @@ def train(config, run_dir, console=None):
                 console.epoch_end(row)
                 if epoch % t.checkpoint_every_epochs == 0 or step == total_steps:
                     manager.save(checkpoint_number=step)
+        except tf.errors.ResourceExhaustedError as error:  # e.g. a batch too large for a GPU
+            stopped = out_of_memory(error, step, t, replicas)
+            finish(stopped.status, str(stopped))
+            raise stopped from None
         except RunStopped as stopped:
             finish(stopped.status, str(stopped))
             raise

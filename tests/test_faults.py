@@ -145,6 +145,59 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
     assert max(checkpoint_steps(tmp_path), default=0) == summary["step"] - 1
 
 
+def test_out_of_device_memory_stops_and_resumes_with_micro_batches(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from sectrain.train import RunStopped, train
+    from sectrain.training.loop import TrainingLoop
+
+    train_steps = TrainingLoop.train_steps
+
+    def second_call_exhausts(self, iterator, num_steps):  # as a batch too large for a GPU
+        if self.optimizer.iterations.numpy() == 1:
+            message = "OOM when allocating tensor with shape[128,16,32,32]\ndetails"
+            raise tf.errors.ResourceExhaustedError(None, None, message)
+        return train_steps(self, iterator, num_steps)
+
+    monkeypatch.setattr(TrainingLoop, "train_steps", second_call_exhausts)
+    run = ("trainer.epochs=1", "trainer.global_batch_size=128", "trainer.checkpoint_every_steps=1")
+    with pytest.raises(RunStopped) as stopped:
+        train(make_config(*run), tmp_path)
+    assert (stopped.value.exit_code, stopped.value.resume_with) == (4, ["trainer.micro_batches=2"])
+    assert str(stopped.value).startswith(
+        "the device ran out of memory by step 1 (OOM when allocating tensor with "
+        "shape[128,16,32,32]); trainer.micro_batches=2 trains the same batch in parts"
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["step"]) == ("out_of_memory", 1)
+    assert checkpoint_steps(tmp_path) == [1]
+
+    monkeypatch.undo()  # resumed as the message says
+    train(make_config(*run, "trainer.micro_batches=2"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["step"]) == ("completed", summary["steps_per_epoch"])
+
+
+@pytest.mark.parametrize(
+    "trainer, replicas, advice",
+    [
+        ({"global_batch_size": 64, "micro_batches": 2}, 2, "trainer.micro_batches=4"),
+        ({"global_batch_size": 6}, 2, None),  # 6 images do not split into 2 x 2
+        ({"global_batch_size": 64, "sync_bn": True}, 2, None),  # no micro-batches with it
+    ],
+)
+def test_out_of_memory_advises_micro_batches_only_where_they_apply(trainer, replicas, advice):
+    import tensorflow as tf
+
+    from sectrain.config import TrainerConfig
+    from sectrain.train import out_of_memory
+
+    error = tf.errors.ResourceExhaustedError(None, None, "OOM")
+    stopped = out_of_memory(error, 5, TrainerConfig(**trainer), replicas)
+    assert stopped.resume_with == ([advice] if advice else None)
+    assert (advice or "lower trainer.global_batch_size") in str(stopped)
+
+
 def test_another_config_is_refused_in_a_run_dir_unless_fresh_start(reference, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)

@@ -53,23 +53,41 @@ def test_parallel_jobs_take_gpus_round_robin():
 
 
 @pytest.mark.parametrize(
-    "mode, expected",
+    "mode, changes, expected",
     [
         (
             RunMode.RUN,
-            "sectrain model=se_resnet50 'model.attention.stages=[3, 4]' "
+            [],
+            "sectrain model=se_resnet50 trainer.micro_batches=2 'model.attention.stages=[3, 4]' "
             "'hydra.run.dir=/runs/a b/0'",
         ),
-        (RunMode.MULTIRUN, "the same sweep with hydra.sweep.dir='/runs/a b'"),
+        (RunMode.MULTIRUN, [], "the same sweep with hydra.sweep.dir='/runs/a b'"),
+        (  # after running out of memory: the change replaces the job's own value
+            RunMode.RUN,
+            ["trainer.micro_batches=4"],
+            "sectrain model=se_resnet50 'model.attention.stages=[3, 4]' "
+            "trainer.micro_batches=4 'hydra.run.dir=/runs/a b/0'",
+        ),
+        (
+            RunMode.MULTIRUN,
+            ["trainer.micro_batches=4"],
+            "the same sweep with trainer.micro_batches=4 hydra.sweep.dir='/runs/a b'",
+        ),
     ],
 )
-def test_an_interrupted_job_names_the_command_that_resumes_it(mode, expected):
+def test_a_stopped_job_names_the_command_that_resumes_it(mode, changes, expected):
     hydra_config = OmegaConf.create(
         {
             "mode": mode,
             "sweep": {"dir": "/runs/a b"},
             "runtime": {"output_dir": "/runs/a b/0"},
-            "overrides": {"task": ["model=se_resnet50", "model.attention.stages=[3, 4]"]},
+            "overrides": {
+                "task": [
+                    "model=se_resnet50",
+                    "trainer.micro_batches=2",
+                    "model.attention.stages=[3, 4]",
+                ]
+            },
         }
     )
-    assert resume_command(hydra_config) == expected
+    assert resume_command(hydra_config, changes) == expected
