@@ -187,7 +187,8 @@ def gpu_for_job(job_num, visible_devices):
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def run(cfg) -> float:
-    """One training job; returns the best validation top-1 accuracy for sweepers."""
+    """One training job; returns the best validation top-1 accuracy for sweepers (0 for
+    a job of a sweep that stopped early, which lets the sweep go on)."""
     try:
         config = validate(cfg)
     except ConfigError as error:
@@ -212,6 +213,10 @@ def run(cfg) -> float:
         # not wrapped, so that the command can be copied whole
         status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
         Console(stderr=True).print(status, soft_wrap=True)
+        if hydra_config.mode == RunMode.MULTIRUN and stopped.status != "interrupted":
+            # one job that diverged or ran out of memory does not end a table or a search:
+            # its summary.json says why it stopped, and to a sweeper it scores 0
+            return 0.0
         sys.exit(stopped.exit_code)
 
 

@@ -99,14 +99,24 @@ def test_sweep_runs_one_job_per_value_each_with_its_folder(tmp_path):
     result = sectrain(
         "-m",
         "model.attention.ratio=4,16",
+        "optimizer.lr=100,0.1",  # two jobs diverge: the sweep goes on
+        "optimizer.weight_decay=10",
+        "schedule=constant",
         "trainer.epochs=1",
-        "trainer.global_batch_size=256",
+        "trainer.global_batch_size=64",
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
-    summaries = [json.loads((tmp_path / job / "summary.json").read_text()) for job in ("0", "1")]
-    assert [s["attention"]["ratio"] for s in summaries] == [4, 16]
-    assert summaries[0]["parameters"]["trainable"] > summaries[1]["parameters"]["trainable"]
+    jobs = ("0", "1", "2", "3")
+    summaries = [json.loads((tmp_path / job / "summary.json").read_text()) for job in jobs]
+    assert [(s["attention"]["ratio"], s["status"]) for s in summaries] == [
+        (4, "diverged"),
+        (4, "completed"),
+        (16, "diverged"),
+        (16, "completed"),
+    ]
+    assert " ".join(result.stderr.split()).count("diverged: the training loss became") == 2
+    assert summaries[0]["parameters"]["trainable"] > summaries[2]["parameters"]["trainable"]
 
 
 @pytest.mark.slow
