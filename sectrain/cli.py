@@ -9,8 +9,10 @@ import importlib.metadata
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -200,7 +202,8 @@ def run(cfg) -> float:
         gpu = gpu_for_job(hydra_config.job.num, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    from sectrain.train import RunStopped, train  # imports TensorFlow
+    with interrupts_held_back():
+        from sectrain.train import RunStopped, train  # imports TensorFlow
 
     try:
         return train(config, run_dir=Path(hydra_config.runtime.output_dir))
@@ -233,6 +236,25 @@ def resume_command(hydra_config, changes=()):
     return shlex.join(["sectrain", *kept, *changes, run_dir])
 
 
+@contextmanager
+def interrupts_held_back():
+    """Holds Ctrl-C back until the block ends, then raises KeyboardInterrupt: one that
+    lands inside TensorFlow's import leaves it half done, to fail later with an error
+    that has nothing to do with the interrupt."""
+    received = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except ValueError:  # not the main thread: signals do not reach it anyway
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def run_checked(app, config_name="config"):
     """Checks the command line (a mistake exits 2 before Hydra starts), then runs the
     Hydra `app`, whose primary config is `config_name`."""
@@ -243,7 +265,11 @@ def run_checked(app, config_name="config"):
         check_command_line(sys.argv[1:], config_name)
     except ConfigError as error:
         fail(error)
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # before training, or a second Ctrl-C during it
+        Console(stderr=True).print(Text.assemble(("interrupted", "bold yellow"), " by Ctrl-C"))
+        sys.exit(128 + signal.SIGINT)
 
 
 def main():

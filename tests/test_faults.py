@@ -135,6 +135,18 @@ def test_sigterm_saves_reports_interrupted_and_resumes(reference, tmp_path):
 DIVERGING = ("optimizer.lr=100", "optimizer.weight_decay=1.0", "schedule=constant")
 
 
+def test_ctrl_c_while_tensorflow_loads_stops_with_a_message(tmp_path):
+    process = start(tmp_path)
+    deadline = time.time() + 60
+    # Hydra writes the job's config, then sectrain validates it and imports TensorFlow
+    while not (tmp_path / ".hydra" / "config.yaml").is_file() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "interrupted" in stderr
+
+
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     process = start(tmp_path, *DIVERGING, "trainer.checkpoint_every_steps=1")
     _, stderr = process.communicate(timeout=300)
