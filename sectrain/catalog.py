@@ -8,7 +8,14 @@ import sys
 from omegaconf import OmegaConf
 from rich.table import Table
 
-from sectrain.cli import CONFIG_DIR, command_parser, config_groups, fail, positive_int
+from sectrain.cli import (
+    CONFIG_DIR,
+    command_parser,
+    config_groups,
+    fail,
+    positive_int,
+    stops_on_ctrl_c,
+)
 from sectrain.config import ATTENTION_KINDS
 from sectrain.loggers.console import wide_console
 from sectrain.models import MODELS
@@ -44,6 +51,7 @@ def matching_models(pattern):
     return sorted({OmegaConf.load(CONFIG_DIR / "model" / f"{c}.yaml").name for c in configs})
 
 
+@stops_on_ctrl_c
 def main(argv=None):
     parser = command_parser("sectrain-models", __doc__)
     parser.add_argument(

@@ -5,6 +5,7 @@ mistakes answer in well under two seconds.
 """
 
 import argparse
+import functools
 import importlib.metadata
 import os
 import shlex
@@ -255,6 +256,21 @@ def interrupts_held_back():
         raise KeyboardInterrupt
 
 
+def stops_on_ctrl_c(command):
+    """A command's entry point that Ctrl-C ends with "interrupted" and status 130 rather
+    than a traceback (training itself first saves a checkpoint: see `stop_requests`)."""
+
+    @functools.wraps(command)
+    def main(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            Console(stderr=True).print(Text.assemble(("interrupted", "bold yellow"), " by Ctrl-C"))
+            sys.exit(128 + signal.SIGINT)
+
+    return main
+
+
 def run_checked(app, config_name="config"):
     """Checks the command line (a mistake exits 2 before Hydra starts), then runs the
     Hydra `app`, whose primary config is `config_name`."""
@@ -265,13 +281,10 @@ def run_checked(app, config_name="config"):
         check_command_line(sys.argv[1:], config_name)
     except ConfigError as error:
         fail(error)
-    try:
-        app()
-    except KeyboardInterrupt:  # before training, or a second Ctrl-C during it
-        Console(stderr=True).print(Text.assemble(("interrupted", "bold yellow"), " by Ctrl-C"))
-        sys.exit(128 + signal.SIGINT)
+    app()
 
 
+@stops_on_ctrl_c  # before training, or at a second Ctrl-C during it
 def main():
     run_checked(run)
 

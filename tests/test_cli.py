@@ -1,5 +1,6 @@
 """The `sectrain` command as a user runs it, in subprocesses."""
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import sys
 import pytest
 
 from sectrain import __version__
+from sectrain.cli import stops_on_ctrl_c
 
 
 def sectrain(*args, importtime=False):
@@ -150,3 +152,20 @@ def test_zero_init_last_steadies_se_shufflenet_at_lr_0_1(tmp_path):
     assert summaries["false"][0]["train_loss"] > 10
     assert summaries["true"][0]["train_loss"] < 2
     assert max(r["val_top1"] for r in summaries["true"]) >= 0.95
+
+
+def test_ctrl_c_ends_a_command_with_a_message_and_status_130(capsys):
+    @stops_on_ctrl_c
+    def command():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stopped:
+        command()
+    assert stopped.value.code == 130 and "interrupted by Ctrl-C" in capsys.readouterr().err
+
+
+def test_every_command_stops_on_ctrl_c_without_a_traceback():
+    commands = importlib.metadata.distribution("sectrain").entry_points
+    assert len(commands) == 7
+    for command in commands:
+        assert hasattr(command.load(), "__wrapped__"), command.value  # by stops_on_ctrl_c

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sectrain.cli import command_parser, fail
+from sectrain.cli import command_parser, fail, stops_on_ctrl_c
 from sectrain.errors import ConfigError
 from sectrain.loggers.console import wide_console
 
@@ -100,6 +100,7 @@ def plot_confusion(metrics, path):
     plt.close(figure)
 
 
+@stops_on_ctrl_c
 def main(argv=None):
     parser = command_parser("sectrain-eval", __doc__)
     parser.add_argument("target", help="a run folder or a .keras file")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sectrain.cli import command_parser, fail
+from sectrain.cli import command_parser, fail, stops_on_ctrl_c
 from sectrain.errors import ConfigError
 
 
@@ -47,6 +47,7 @@ def export(trained, path):
     archive.write_out(str(path), verbose=False)
 
 
+@stops_on_ctrl_c
 def main(argv=None):
     parser = command_parser("sectrain-export", __doc__)
     parser.add_argument("run", help="a run folder (with model.keras and summary.json)")
