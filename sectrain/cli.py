@@ -31,6 +31,9 @@ from sectrain.errors import ConfigError, unknown_choice
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CONFIG_ERROR = 2
+# (run folder, status, exit status) of each job of this process's sweep that stopped
+# early and let the sweep go on
+STOPPED_JOBS = []
 
 
 def fail(message):
@@ -220,6 +223,9 @@ def run(cfg) -> float:
         if hydra_config.mode == RunMode.MULTIRUN and stopped.status != "interrupted":
             # one job that diverged or ran out of memory does not end a table or a search:
             # its summary.json says why it stopped, and to a sweeper it scores 0
+            STOPPED_JOBS.append(
+                (hydra_config.runtime.output_dir, stopped.status, stopped.exit_code)
+            )
             return 0.0
         sys.exit(stopped.exit_code)
 
@@ -287,6 +293,12 @@ def run_checked(app, config_name="config"):
 @stops_on_ctrl_c  # before training, or at a second Ctrl-C during it
 def main():
     run_checked(run)
+    if STOPPED_JOBS:  # the sweep went on; its exit status says that not all completed
+        listing = ", ".join(f"{folder} ({status})" for folder, status, _ in STOPPED_JOBS)
+        Console(stderr=True).print(
+            f"{len(STOPPED_JOBS)} job(s) of the sweep stopped early: {listing}", soft_wrap=True
+        )
+        sys.exit(STOPPED_JOBS[0][2])
 
 
 if __name__ == "__main__":
