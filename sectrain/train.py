@@ -27,7 +27,7 @@ from sectrain.loggers.console import ConsoleLogger
 from sectrain.loggers.files import FileLogger, prepare_run_dir, write_json
 from sectrain.models import build_model
 from sectrain.models.profile import count_flops, count_parameters
-from sectrain.training.checkpoint import restore_latest, stop_requests
+from sectrain.training.checkpoint import restore, stop_requests
 from sectrain.training.loop import TrainingLoop, compiles_whole_step
 from sectrain.training.optim import l2_decay_rate, make_optimizer, make_schedule
 from sectrain.training.strategy import is_chief, make_strategy, worker_name
@@ -117,14 +117,14 @@ def train(config, run_dir, console=None):
     total_steps = t.epochs * steps_per_epoch
 
     attention = asdict(config.model.attention)
+    resumed = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))  # the chief's
     # a resumed run's checkpoint holds its weights: model.init_from is for a fresh start
-    resuming = tf.train.latest_checkpoint(str(run_dir / "checkpoints")) is not None
     model, optimizer, loop = build_trainer(
         config,
         strategy,
         source,
         steps_per_epoch,
-        init_from=None if resuming else config.model.init_from,
+        init_from=None if resumed else config.model.init_from,
     )
 
     checkpoint = tf.train.Checkpoint(
@@ -136,9 +136,10 @@ def train(config, run_dir, console=None):
         random_state=[v.value for v in model.variables if "seed_generator" in v.path],
     )
     manager = tf.train.CheckpointManager(checkpoint, save_dir / "checkpoints", max_to_keep=2)
-    resumed = restore_latest(checkpoint, run_dir / "checkpoints")  # the chief's
-    step = int(optimizer.iterations.numpy())
+    step = 0
     if resumed:
+        restore(checkpoint, resumed)
+        step = int(optimizer.iterations.numpy())
         log.info(
             "resumed from %s at step %d (epoch %d)", resumed, step, step // steps_per_epoch + 1
         )

@@ -62,14 +62,18 @@ def test_a_source_of_another_architecture_is_a_config_error(tmp_path):
 
 
 def test_a_layer_of_another_kind_keeps_its_initialisation():
-    def model(head):
+    def model(head, *extra):
         inputs = keras.Input((3,))
-        return keras.Model(inputs, head(keras.layers.Dense(3, name="body")(inputs)))
+        outputs = head(keras.layers.Dense(3, name="body")(inputs))
+        for layer in extra:
+            outputs = layer(outputs)
+        return keras.Model(inputs, outputs)
 
-    source = model(keras.layers.Dense(4, name="head"))
+    source = model(keras.layers.Dense(4, name="head"), keras.layers.Dense(2, name="extra"))
     target = model(
         keras.layers.EinsumDense("ab,bc->ac", output_shape=4, bias_axes="c", name="head")
     )
     copied, fresh, unused = copy_matching_weights(source, target)
-    assert (copied, fresh, unused) == (["body"], {"head": "Dense in the source"}, ["head"])
+    # "head" is reported once, as a layer of the model that starts afresh
+    assert (copied, fresh, unused) == (["body"], {"head": "Dense in the source"}, ["extra"])
     np.testing.assert_array_equal(target.get_layer("body").kernel, source.get_layer("body").kernel)

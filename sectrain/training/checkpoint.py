@@ -8,15 +8,14 @@ import tensorflow as tf
 from sectrain.errors import ConfigError
 
 
-def restore_latest(checkpoint, directory):
-    """Restores the newest checkpoint in `directory`; returns its path, or None.
+def restore(checkpoint, latest):
+    """Restores `checkpoint` from the path `latest` (what `tf.train.latest_checkpoint`
+    names: TensorFlow writes a checkpoint's files first and names it in the folder's index
+    last, so a save cut short leaves the one before as the newest).
 
-    TensorFlow writes a checkpoint's files first and names it in the directory's index
-    last, so a save cut short leaves the previous checkpoint as the newest.
+    Raises:
+        ConfigError: the files are damaged or hold another model.
     """
-    latest = tf.train.latest_checkpoint(str(directory))
-    if latest is None:
-        return None
     try:
         checkpoint.restore(latest).assert_existing_objects_matched()
     # TensorFlow reports a damaged file in several ways (a truncated one: IndexError)
@@ -28,7 +27,6 @@ def restore_latest(checkpoint, directory):
             f"checkpoint {latest} cannot be restored ({first_line}). Delete its files to "
             "resume from the one before, or set trainer.fresh_start=true to start anew"
         ) from None
-    return latest
 
 
 @contextmanager

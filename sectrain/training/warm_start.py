@@ -22,7 +22,7 @@ def copy_matching_weights(source, model):
     Returns:
         (copied, fresh, unused): the names of `model`'s layers given `source`'s weights;
         {name: why} for its layers with weights that keep their initialisation; the
-        names of `source`'s layers with weights that `model` did not take.
+        names of `source`'s layers with weights that no layer of `model` is named after.
     """
     by_name = {layer.name: layer for layer in source.layers if layer.weights}
     copied, fresh = [], {}
@@ -39,7 +39,7 @@ def copy_matching_weights(source, model):
         else:
             layer.set_weights(match.get_weights())
             copied.append(layer.name)
-    unused = [name for name in by_name if name not in copied]
+    unused = [name for name in by_name if name not in copied and name not in fresh]
     return copied, fresh, unused
 
 
