@@ -7,12 +7,14 @@ mistakes answer in well under two seconds.
 import argparse
 import functools
 import importlib.metadata
+import json
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,18 +23,19 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from rich.console import Console
 from rich.text import Text
 
 from sectrain import __version__
 from sectrain.config import check_value, validate
-from sectrain.errors import ConfigError, unknown_choice
+from sectrain.errors import EXIT_STATUS, ConfigError, unknown_choice
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CONFIG_ERROR = 2
-# (run folder, status, exit status) of each job of this process's sweep that stopped
-# early and let the sweep go on
+# (run folder, status) of each job of this command's sweep that stopped early and let
+# the sweep go on, in the order they stopped (see `StoppedJobs`)
 STOPPED_JOBS = []
 
 
@@ -220,14 +223,31 @@ def run(cfg) -> float:
         # not wrapped, so that the command can be copied whole
         status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
         Console(stderr=True).print(status, soft_wrap=True)
-        if hydra_config.mode == RunMode.MULTIRUN and stopped.status != "interrupted":
+        if hydra_config.mode == RunMode.MULTIRUN and stopped.status in EXIT_STATUS:
             # one job that diverged or ran out of memory does not end a table or a search:
-            # its summary.json says why it stopped, and to a sweeper it scores 0
-            STOPPED_JOBS.append(
-                (hydra_config.runtime.output_dir, stopped.status, stopped.exit_code)
-            )
+            # its summary.json says why it stopped (see `StoppedJobs`); a sweeper scores it 0
             return 0.0
         sys.exit(stopped.exit_code)
+
+
+class StoppedJobs(Callback):
+    """Collects into STOPPED_JOBS, at the end of a sweep, the jobs that stopped early and
+    let it go on. It reads the summary.json files the sweep's jobs wrote, so it sees those
+    that ran in other processes (hydra/launcher=parallel) or on other machines (slurm)."""
+
+    def on_multirun_start(self, config, **kwargs):
+        self.started = time.time()
+
+    def on_multirun_end(self, config, **kwargs):
+        summaries = [
+            path
+            for path in Path(config.hydra.sweep.dir).rglob("summary.json")
+            if path.stat().st_mtime >= self.started  # not one of an earlier sweep there
+        ]
+        for path in sorted(summaries, key=lambda path: path.stat().st_mtime):
+            status = json.loads(path.read_text()).get("status")
+            if status in EXIT_STATUS:
+                STOPPED_JOBS.append((str(path.parent), status))
 
 
 def resume_command(hydra_config, changes=()):
@@ -294,12 +314,8 @@ def run_checked(app, config_name="config"):
 def main():
     run_checked(run)
     if STOPPED_JOBS:  # the sweep went on; its exit status says that not all completed
-        listing = ", ".join(f"{folder} ({status})" for folder, status, _ in STOPPED_JOBS)
+        listing = ", ".join(f"{folder} ({status})" for folder, status in STOPPED_JOBS)
         Console(stderr=True).print(
             f"{len(STOPPED_JOBS)} job(s) of the sweep stopped early: {listing}", soft_wrap=True
         )
-        sys.exit(STOPPED_JOBS[0][2])
-
-
-if __name__ == "__main__":
-    main()
+        sys.exit(EXIT_STATUS[STOPPED_JOBS[0][1]])

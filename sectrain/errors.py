@@ -1,6 +1,12 @@
-"""The error a user can fix by changing the configuration."""
+"""How sectrain reports what went wrong: the error a user can fix by changing the
+configuration, and the exit status of a run that stopped early."""
 
 import difflib
+
+# Exit status of a run that stopped before its last step, by the status its summary.json
+# records; a sweep whose jobs stopped so exits with that of the first. An interrupted
+# run exits with 128 + the signal's number, as shells expect.
+EXIT_STATUS = {"diverged": 3, "out_of_memory": 4}
 
 
 class ConfigError(ValueError):

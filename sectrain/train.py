@@ -22,7 +22,7 @@ from sectrain import __version__
 from sectrain.config import check_xla
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
-from sectrain.errors import ConfigError
+from sectrain.errors import EXIT_STATUS, ConfigError
 from sectrain.loggers.console import ConsoleLogger
 from sectrain.loggers.files import FileLogger, prepare_run_dir, write_json
 from sectrain.models import build_model
@@ -36,9 +36,6 @@ from sectrain.training.warm_start import warm_start
 log = logging.getLogger("sectrain")
 # Raised by TensorFlow itself when a distributed data set is iterated inside tf.function.
 warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
-
-EXIT_DIVERGED = 3
-EXIT_OUT_OF_MEMORY = 4
 
 
 class RunStopped(Exception):
@@ -70,7 +67,7 @@ def out_of_memory(error, step, trainer, replicas):
         "out_of_memory",
         f"the device ran out of memory by step {step} ({first_line}); {advice}. The last "
         "checkpoint is kept",
-        EXIT_OUT_OF_MEMORY,
+        EXIT_STATUS["out_of_memory"],
         resume_with=[change] if fits else None,
     )
 
@@ -235,7 +232,7 @@ def train(config, run_dir, console=None):
                                 f"the training loss became {metrics['loss']} by step {step} "
                                 f"(epoch {epoch}); the last good checkpoint is kept. "
                                 "Lower optimizer.lr or add schedule.warmup_epochs",
-                                EXIT_DIVERGED,
+                                EXIT_STATUS["diverged"],
                             )
                         if "signal" in stop:
                             manager.save(checkpoint_number=step)

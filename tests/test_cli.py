@@ -15,7 +15,7 @@ def sectrain(*args, importtime=False):
     """Runs `sectrain ARGS...`; returns the completed process (stdout and stderr as text)."""
     python = [sys.executable, "-X", "importtime"] if importtime else [sys.executable]
     return subprocess.run(
-        [*python, "-m", "sectrain.cli", *args], capture_output=True, text=True, timeout=600
+        [*python, "-m", "sectrain", *args], capture_output=True, text=True, timeout=600
     )
 
 

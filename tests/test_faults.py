@@ -34,7 +34,7 @@ TIMING = ("images_per_sec", "seconds")
 
 def start(run_dir, *overrides):
     return subprocess.Popen(
-        [sys.executable, "-m", "sectrain.cli", *RECIPE, *overrides, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "sectrain", *RECIPE, *overrides, f"hydra.run.dir={run_dir}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

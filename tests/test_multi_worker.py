@@ -79,7 +79,7 @@ def sectrain_workers(run_dir, epochs):
         lambda i: [
             sys.executable,
             "-m",
-            "sectrain.cli",
+            "sectrain",
             "trainer.strategy=multi_worker",
             f"trainer.epochs={epochs}",
             "trainer.global_batch_size=128",

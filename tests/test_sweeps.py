@@ -1,13 +1,15 @@
 """Sweeps in separate processes (joblib launcher) and hyper-parameter search (Optuna)."""
 
 import json
+import os
 
 import pytest
 import yaml
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from sectrain.cli import gpu_for_job, resume_command
+from sectrain import cli
+from sectrain.cli import StoppedJobs, gpu_for_job, resume_command
 from tests.test_cli import sectrain
 
 
@@ -15,15 +17,19 @@ def test_parallel_launcher_runs_each_job_in_its_own_process(tmp_path):
     result = sectrain(
         "-m",
         "hydra/launcher=parallel",
-        "model.attention.ratio=4,16",
+        "optimizer.lr=100,0.1",  # the first job diverges: the sweep goes on
+        "optimizer.weight_decay=10",
+        "schedule=constant",
         "trainer.epochs=1",
-        "trainer.global_batch_size=256",
+        "trainer.global_batch_size=64",
         f"hydra.sweep.dir={tmp_path}",
     )
-    assert result.returncode == 0, result.stderr
+    # the job that stopped ran in another process: the command still reports it
+    assert result.returncode == 3, result.stderr
+    stderr = " ".join(result.stderr.split())
+    assert f"1 job(s) of the sweep stopped early: {tmp_path / '0'} (diverged)" in stderr
     summaries = [json.loads((tmp_path / job / "summary.json").read_text()) for job in ("0", "1")]
-    assert sorted(s["attention"]["ratio"] for s in summaries) == [4, 16]
-    assert all(s["status"] == "completed" for s in summaries)
+    assert [s["status"] for s in summaries] == ["diverged", "completed"]
 
 
 @pytest.mark.slow
@@ -45,6 +51,30 @@ def test_optuna_search_tunes_lr_weight_decay_and_ratio(tmp_path):
         "model.attention.ratio",
     }
     assert best["best_value"] == max(s["best"]["val_top1"] for s in summaries)
+
+
+def test_the_stopped_jobs_of_a_sweep_are_those_it_ran(tmp_path, monkeypatch):
+    def job(folder, status):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "summary.json").write_text(json.dumps({"status": status}))
+
+    job("0", "diverged")  # from an earlier sweep into the same folder
+    os.utime(tmp_path / "0" / "summary.json", (0, 0))
+    monkeypatch.setattr(cli, "STOPPED_JOBS", [])
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    callback = StoppedJobs()
+    callback.on_multirun_start(config)
+    job("1", "completed")
+    job("2", "out_of_memory")
+    job("3", "diverged")
+    # job 3 stopped first: it sets the exit status
+    os.utime(tmp_path / "3" / "summary.json", (callback.started + 1,) * 2)
+    os.utime(tmp_path / "2" / "summary.json", (callback.started + 2,) * 2)
+    callback.on_multirun_end(config)
+    assert [
+        (str(tmp_path / "3"), "diverged"),
+        (str(tmp_path / "2"), "out_of_memory"),
+    ] == cli.STOPPED_JOBS
 
 
 def test_parallel_jobs_take_gpus_round_robin():

@@ -153,7 +153,7 @@ def startup_seconds():
     seconds = {}
     for key, args in (("help", ["--help"]), ("config_error", ["model=no_such_model"])):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "sectrain.cli", *args], capture_output=True)
+        subprocess.run([sys.executable, "-m", "sectrain", *args], capture_output=True)
         seconds[key] = time.perf_counter() - started
     return seconds
 
