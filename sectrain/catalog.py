@@ -67,7 +67,7 @@ def main(argv=None):
     )
     parser.add_argument("--ratio", type=positive_int, default=16, help="reduction ratio (16)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     names = []
     for pattern in args.patterns:
         matches = matching_models(pattern)

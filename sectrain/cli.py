@@ -62,7 +62,9 @@ def version_line():
 
 def command_parser(prog, description):
     """The argument parser of a sectrain command: `description` (its docstring) as
-    written, and --version."""
+    written, and --version. Commands parse with `parse_intermixed_args`, so that options
+    may also stand between positional arguments (`sectrain-eval RUN --split train
+    data.image_size=320`)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )

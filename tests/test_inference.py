@@ -139,6 +139,27 @@ def test_eval_at_another_image_size_writes_beside_the_results_at_its_own(trained
     assert "48x48 images" in result.stdout and "trained on 32x32 images" in result.stdout
 
 
+def test_eval_records_the_gates_of_each_se_block_per_class(trained_run, tmp_path):
+    _, run_dir = trained_run
+    result = command("evaluate", str(run_dir), "--excitations", "--output", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval_val.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert metrics["top1"] == pytest.approx(summary["final"]["val_top1"], abs=1e-6)
+    saved = np.load(tmp_path / "excitations_val.npz")
+    assert list(saved["classes"]) == list(CLASSES) and list(saved["images_per_class"]) == [8] * 3
+    blocks = [name for name in saved.files if name.endswith("_se")]
+    assert len(blocks) == 9  # SE-ResNet-20: three stages of three units
+    assert saved["conv4_block3_se"].shape == (3, 64)
+    assert all(((saved[b] > 0) & (saved[b] < 1)).all() for b in blocks)
+    assert (tmp_path / "excitations_val.png").read_bytes().startswith(b"\x89PNG")
+    assert "class spread" in result.stdout and "conv4_block3_se" in result.stdout
+
+    resized = command("evaluate", str(run_dir), "--excitations", "data.image_size=48")
+    assert resized.returncode == 2
+    assert "recorded at the model's own image size, 32x32" in " ".join(resized.stderr.split())
+
+
 def test_a_model_for_one_image_size_takes_no_other(tmp_path):
     inputs = keras.Input((8, 8, 1))
     flat = keras.layers.Flatten()(inputs)
@@ -161,7 +182,8 @@ def test_a_network_with_global_pooling_takes_any_image_size_with_its_weights(tmp
 
 def test_predict_prints_and_writes_top_k_for_a_folder(trained_run):
     images, run_dir = trained_run
-    result = command("predict", str(run_dir), str(images / "2"), "--top-k", "2")
+    # options may stand between the positional arguments
+    result = command("predict", str(run_dir), "--top-k", "2", str(images / "2"))
     assert result.returncode == 0, result.stderr
     rows = json.loads((run_dir / "predictions" / "predictions.json").read_text())
     assert len(rows) == 40 and all(len(r["top"]) == 2 for r in rows)

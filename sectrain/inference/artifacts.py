@@ -96,14 +96,17 @@ def load_keras_model(target):
         raise ConfigError(f"{str(model_path)!r} could not be loaded: {error}") from None
 
 
-def load_trained(target):
+def load_trained(target, as_built=False):
     """Loads a run folder (its model.keras and summary.json) or a .keras file, its model
-    as sectrain's inference runs it (see `sectrain.inference.fold.inference_model`)."""
+    as sectrain's inference runs it (see `sectrain.inference.fold.inference_model`), or
+    as it was built with `as_built=True` (for a look at its attention blocks)."""
     from sectrain.inference.fold import inference_model
 
     target = Path(target)
     run_dir = target if target.is_dir() else target.parent
-    model = inference_model(load_keras_model(target))
+    model = load_keras_model(target)
+    if not as_built:
+        model = inference_model(model)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     normalization = summary.get("normalization", {})

@@ -5,6 +5,7 @@ class and a confusion matrix.
     sectrain-eval RUN_DIR data.path=/other     # the run's config with overrides
     sectrain-eval model.keras data=cifar10     # a bare .keras file on any data set
     sectrain-eval RUN_DIR data.image_size=320  # at another input size
+    sectrain-eval RUN_DIR --excitations        # and the SE gates per class and block
 """
 
 import csv
@@ -18,10 +19,15 @@ from sectrain.errors import ConfigError
 from sectrain.loggers.console import wide_console
 
 
-def evaluate(trained, data, split, batch_size=256):
+def evaluate(trained, data, split, batch_size=256, forward=None):
     """Returns the metrics of `trained` (a `TrainedModel`) on `split` ("val" or "train")
     of `data` (a `DataConfig`), at `data.image_size`, with the confusion matrix (rows:
-    true classes)."""
+    true classes).
+
+    `forward(images, labels)`, if given, returns the logits of each batch in place of the
+    model's own inference: an `ExcitationMeans`, which also records the gates. It runs the
+    model at its own image size only.
+    """
     import numpy as np
     import tensorflow as tf
 
@@ -34,7 +40,14 @@ def evaluate(trained, data, split, batch_size=256):
         raise ConfigError(
             f"data: images have {channels} channel(s), the model takes {trained.image_shape[-1]}"
         )
-    trained = trained.at_image_size(height, width)
+    resized = trained.at_image_size(height, width)
+    if forward is not None and resized is not trained:
+        trained_height, trained_width, _ = trained.image_shape
+        raise ConfigError(
+            f"data.image_size: the excitations are recorded at the model's own image size, "
+            f"{trained_height}x{trained_width}"
+        )
+    trained = resized
     num_classes = trained.model.output_shape[-1]
     if source.num_classes != num_classes:
         raise ConfigError(f"data: {source.num_classes} classes, the model has {num_classes}")
@@ -46,7 +59,8 @@ def evaluate(trained, data, split, batch_size=256):
     )
     logits, labels = [], []
     for images, batch_labels in dataset:
-        logits.append(trained.logits(images).numpy())
+        batch_logits = trained.logits(images) if forward is None else forward(images, batch_labels)
+        logits.append(batch_logits.numpy())
         labels.append(batch_labels.numpy())
     logits, labels = np.concatenate(logits), np.concatenate(labels)
     loss = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -100,6 +114,31 @@ def plot_confusion(metrics, path):
     plt.close(figure)
 
 
+def report_excitations(excitations, metrics, path, console):
+    """Prints a table of the blocks' gates, and writes them to `path`.npz and .png."""
+    from sectrain.inference.excitations import (
+        block_statistics,
+        plot_excitations,
+        save_excitations,
+    )
+
+    means, counts = excitations.results()
+    class_names = [row["class"] for row in metrics["per_class"]]
+    table = Table(title="attention blocks: mean gate, and its spread across classes")
+    for column in ("block", "channels", "mean gate", "class spread"):
+        table.add_column(column, justify="left" if column == "block" else "right")
+    for row in block_statistics(means, counts):
+        table.add_row(
+            row["block"],
+            str(row["channels"]),
+            f"{row['mean_gate']:.3f}",
+            f"{row['class_spread']:.3f}",
+        )
+    console.print(table)
+    save_excitations(means, counts, class_names, path.with_suffix(".npz"))
+    plot_excitations(means, counts, class_names, path.with_suffix(".png"))
+
+
 @stops_on_ctrl_c
 def main(argv=None):
     parser = command_parser("sectrain-eval", __doc__)
@@ -107,7 +146,13 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="config overrides, as for sectrain")
     parser.add_argument("--split", choices=["val", "train"], default="val")
     parser.add_argument("--output", help="folder for the results (default: RUN/eval)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--excitations",
+        action="store_true",
+        help="also record each attention block's mean gate per channel and class "
+        "(excitations_SPLIT.npz and .png, as the SE paper's Figure 6)",
+    )
+    args = parser.parse_intermixed_args(argv)
     target = Path(args.target)
     output = (
         Path(args.output)
@@ -122,11 +167,16 @@ def main(argv=None):
         from sectrain.inference.artifacts import load_trained
 
         check_overrides(args.overrides)
-        trained = load_trained(target)
+        trained = load_trained(target, as_built=args.excitations)
         overrides = trained.overrides + args.overrides  # later ones win
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             config = validate(compose("config", overrides=overrides))
-        metrics = evaluate(trained, config.data, args.split)
+        excitations = None
+        if args.excitations:
+            from sectrain.inference.excitations import ExcitationMeans
+
+            excitations = ExcitationMeans(trained.model, trained.model.output_shape[-1])
+        metrics = evaluate(trained, config.data, args.split, forward=excitations)
     except ConfigError as error:
         fail(error)
 
@@ -157,5 +207,7 @@ def main(argv=None):
         writer.writeheader()
         writer.writerows(metrics["per_class"])
     plot_confusion(metrics, output / f"confusion_{name}.png")
+    if excitations:
+        report_excitations(excitations, metrics, output / f"excitations_{name}", console)
     console.print(f"results in {output}", highlight=False)
     return 0

@@ -52,7 +52,7 @@ def main(argv=None):
     parser = command_parser("sectrain-export", __doc__)
     parser.add_argument("run", help="a run folder (with model.keras and summary.json)")
     parser.add_argument("--output", help="SavedModel folder (default: RUN/saved_model)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     output = Path(args.output) if args.output else Path(args.run) / "saved_model"
     try:
         # a new or empty folder, or an earlier export; never e.g. the run folder itself

@@ -47,7 +47,7 @@ def main(argv=None):
     parser.add_argument(
         "--output", help="folder for predictions.csv/.json (default: RUN/predictions)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         from sectrain.inference.artifacts import image_files, load_trained
 

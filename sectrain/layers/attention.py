@@ -114,11 +114,15 @@ class SqueezeExcite(layers.Layer):
         self.reduce.build((*fc_input, channels))
         self.expand.build((*fc_input, self.reduced_channels(channels)))
 
-    def call(self, inputs):
+    def excitation(self, inputs):
+        """The gates: (batch, 1, 1, channels) after a squeeze, one per position without."""
         if self.pool is None:
-            return inputs * self.expand(self.reduce(inputs))
+            return self.expand(self.reduce(inputs))
         gates = self.expand(self.reduce(self.pool(inputs)))
-        return inputs * gates[:, None, None, :]
+        return ops.reshape(gates, (-1, 1, 1, inputs.shape[-1]))
+
+    def call(self, inputs):
+        return inputs * self.excitation(inputs)
 
     def count_flops(self, input_shape):
         """Multiply-adds for one image: one per FC weight at every position it is applied
@@ -232,10 +236,14 @@ class EfficientChannelAttention(layers.Layer):
         )
         self.conv.build((input_shape[0], input_shape[-1], 1))
 
-    def call(self, inputs):
+    def excitation(self, inputs):
+        """The gates, (batch, 1, 1, channels)."""
         pooled = ops.expand_dims(self.pool(inputs), -1)  # (batch, channels, 1)
         gates = ops.sigmoid(self.conv(pooled))  # (batch, channels, 1)
-        return inputs * ops.reshape(gates, (-1, 1, 1, inputs.shape[-1]))
+        return ops.reshape(gates, (-1, 1, 1, inputs.shape[-1]))
+
+    def call(self, inputs):
+        return inputs * self.excitation(inputs)
 
     def count_flops(self, input_shape):
         _, height, width, channels = input_shape

@@ -286,7 +286,7 @@ def main(argv=None):
     parser.add_argument(
         "--out", help="folder for report.md, report.csv, curves.png (default: the first PATH)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     out_dir = Path(args.out or args.paths[0])
     for path in args.paths:
         if not Path(path).is_dir():
