@@ -60,10 +60,10 @@ class ExcitationMeans:
     def __call__(self, images, labels):
         """Adds a batch (images, integer labels); returns the model's logits for it."""
         logits, gates = self._forward(images)
-        one_hot = np.eye(self.num_classes)[np.asarray(labels)]
+        labels = np.asarray(labels)
         for total, batch_gates in zip(self.sums, gates):
-            total += one_hot.T @ batch_gates.numpy().astype(np.float64)
-        self.counts += one_hot.sum(axis=0).astype(np.int64)
+            np.add.at(total, labels, batch_gates.numpy())  # row of each image's class
+        self.counts += np.bincount(labels, minlength=self.num_classes)
         return logits
 
     def results(self):
@@ -97,8 +97,9 @@ def block_statistics(means, counts):
 
 
 def save_excitations(means, counts, class_names, path):
-    """Writes the mean gates as a NumPy .npz file: one (classes x channels) array per
-    block, under its layer name, with `classes` and `images_per_class`."""
+    """Writes the mean gates as a NumPy .npz file: one (classes x channels) float32 array
+    per block, under its layer name, with `classes` and `images_per_class`."""
+    means = {name: per_class.astype(np.float32) for name, per_class in means.items()}
     np.savez_compressed(path, classes=np.array(class_names), images_per_class=counts, **means)
 
 
