@@ -34,9 +34,9 @@ from sectrain.errors import EXIT_STATUS, ConfigError, unknown_choice
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CONFIG_ERROR = 2
-# (run folder, status) of each job of this command's sweep that stopped early and let
-# the sweep go on, in the order they stopped (see `StoppedJobs`)
-STOPPED_JOBS = []
+# This command's sweep, as `SweepReport` records it: its folder, and (run folder,
+# status) of each job that stopped early and let it go on, in the order they stopped
+SWEEP = {"dir": None, "stopped": []}
 
 
 def fail(message):
@@ -227,18 +227,20 @@ def run(cfg) -> float:
         Console(stderr=True).print(status, soft_wrap=True)
         if hydra_config.mode == RunMode.MULTIRUN and stopped.status in EXIT_STATUS:
             # one job that diverged or ran out of memory does not end a table or a search:
-            # its summary.json says why it stopped (see `StoppedJobs`); a sweeper scores it 0
+            # its summary.json says why it stopped (see `SweepReport`); a sweeper scores it 0
             return 0.0
         sys.exit(stopped.exit_code)
 
 
-class StoppedJobs(Callback):
-    """Collects into STOPPED_JOBS, at the end of a sweep, the jobs that stopped early and
-    let it go on. It reads the summary.json files the sweep's jobs wrote, so it sees those
-    that ran in other processes (hydra/launcher=parallel) or on other machines (slurm)."""
+class SweepReport(Callback):
+    """Records in SWEEP the folder of a sweep and, at its end, the jobs that stopped early
+    and let it go on. It reads the summary.json files the sweep's jobs wrote, so it sees
+    those that ran in other processes (hydra/launcher=parallel) or on other machines
+    (slurm)."""
 
     def on_multirun_start(self, config, **kwargs):
         self.started = time.time()
+        SWEEP["dir"] = config.hydra.sweep.dir
 
     def on_multirun_end(self, config, **kwargs):
         summaries = [
@@ -249,7 +251,7 @@ class StoppedJobs(Callback):
         for path in sorted(summaries, key=lambda path: path.stat().st_mtime):
             status = json.loads(path.read_text()).get("status")
             if status in EXIT_STATUS:
-                STOPPED_JOBS.append((str(path.parent), status))
+                SWEEP["stopped"].append((str(path.parent), status))
 
 
 def resume_command(hydra_config, changes=()):
@@ -257,12 +259,18 @@ def resume_command(hydra_config, changes=()):
     line with the overrides `changes` (key=value), pinned to its run folder (or, in a
     sweep, to the sweep's folder)."""
     if hydra_config.mode == RunMode.MULTIRUN:
-        sweep_dir = shlex.quote(hydra_config.sweep.dir)
-        return f"the same sweep with {' '.join([*changes, f'hydra.sweep.dir={sweep_dir}'])}"
+        return resume_sweep_command(hydra_config.sweep.dir, changes)
     changed = {change.split("=")[0] for change in changes}
     kept = [o for o in hydra_config.overrides.task if o.split("=")[0] not in changed]
     run_dir = f"hydra.run.dir={hydra_config.runtime.output_dir}"
     return shlex.join(["sectrain", *kept, *changes, run_dir])
+
+
+def resume_sweep_command(sweep_dir, changes=()):
+    """What continues the sweep in `sweep_dir`, with the overrides `changes`: each job
+    resumes from its last checkpoint, and a completed one ends at once."""
+    overrides = [*changes, f"hydra.sweep.dir={shlex.quote(sweep_dir)}"]
+    return f"the same sweep with {' '.join(overrides)}"
 
 
 @contextmanager
@@ -314,10 +322,17 @@ def run_checked(app, config_name="config"):
 
 @stops_on_ctrl_c  # before training, or at a second Ctrl-C during it
 def main():
-    run_checked(run)
-    if STOPPED_JOBS:  # the sweep went on; its exit status says that not all completed
-        listing = ", ".join(f"{folder} ({status})" for folder, status in STOPPED_JOBS)
+    try:
+        run_checked(run)
+    except KeyboardInterrupt:
+        if SWEEP["dir"]:  # its jobs stopped too, those in other processes included
+            resume = resume_sweep_command(SWEEP["dir"])
+            Console(stderr=True).print(f"To resume: {resume}", soft_wrap=True)
+        raise
+    stopped = SWEEP["stopped"]
+    if stopped:  # the sweep went on; its exit status says that not all completed
+        listing = ", ".join(f"{folder} ({status})" for folder, status in stopped)
         Console(stderr=True).print(
-            f"{len(STOPPED_JOBS)} job(s) of the sweep stopped early: {listing}", soft_wrap=True
+            f"{len(stopped)} job(s) of the sweep stopped early: {listing}", soft_wrap=True
         )
-        sys.exit(EXIT_STATUS[STOPPED_JOBS[0][1]])
+        sys.exit(EXIT_STATUS[stopped[0][1]])

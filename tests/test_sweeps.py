@@ -9,7 +9,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from sectrain import cli
-from sectrain.cli import StoppedJobs, gpu_for_job, resume_command
+from sectrain.cli import SweepReport, gpu_for_job, resume_command
 from tests.test_cli import sectrain
 
 
@@ -60,10 +60,11 @@ def test_the_stopped_jobs_of_a_sweep_are_those_it_ran(tmp_path, monkeypatch):
 
     job("0", "diverged")  # from an earlier sweep into the same folder
     os.utime(tmp_path / "0" / "summary.json", (0, 0))
-    monkeypatch.setattr(cli, "STOPPED_JOBS", [])
+    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": []})
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
-    callback = StoppedJobs()
+    callback = SweepReport()
     callback.on_multirun_start(config)
+    assert cli.SWEEP["dir"] == str(tmp_path)
     job("1", "completed")
     job("2", "out_of_memory")
     job("3", "diverged")
@@ -71,10 +72,25 @@ def test_the_stopped_jobs_of_a_sweep_are_those_it_ran(tmp_path, monkeypatch):
     os.utime(tmp_path / "3" / "summary.json", (callback.started + 1,) * 2)
     os.utime(tmp_path / "2" / "summary.json", (callback.started + 2,) * 2)
     callback.on_multirun_end(config)
-    assert [
+    assert cli.SWEEP["stopped"] == [
         (str(tmp_path / "3"), "diverged"),
         (str(tmp_path / "2"), "out_of_memory"),
-    ] == cli.STOPPED_JOBS
+    ]
+
+
+def test_ctrl_c_in_a_sweep_names_the_command_that_resumes_it(monkeypatch, capsys):
+    def interrupted(app, config_name="config"):
+        cli.SWEEP["dir"] = "/runs/a b"  # as the sweep's start records it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": []})
+    monkeypatch.setattr(cli, "run_checked", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 130
+    stderr = capsys.readouterr().err
+    assert "To resume: the same sweep with hydra.sweep.dir='/runs/a b'" in stderr
+    assert "interrupted by Ctrl-C" in stderr
 
 
 def test_parallel_jobs_take_gpus_round_robin():
