@@ -320,7 +320,7 @@ def run_checked(app, config_name="config"):
     app()
 
 
-@stops_on_ctrl_c  # before training, or at a second Ctrl-C during it
+@stops_on_ctrl_c  # before training, at a second Ctrl-C during it, or in a parallel sweep
 def main():
     try:
         run_checked(run)
