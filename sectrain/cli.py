@@ -31,6 +31,7 @@ from rich.text import Text
 from sectrain import __version__
 from sectrain.config import check_value, validate
 from sectrain.errors import EXIT_STATUS, ConfigError, unknown_choice
+from sectrain.training.warm_start import check_init_from
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CONFIG_ERROR = 2
@@ -200,11 +201,13 @@ def gpu_for_job(job_num, visible_devices):
 def run(cfg) -> float:
     """One training job; returns the best validation top-1 accuracy for sweepers (0 for
     a job of a sweep that stopped early, which lets the sweep go on)."""
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
     try:
         config = validate(cfg)
+        check_init_from(config, run_dir)
     except ConfigError as error:
         fail(error)
-    hydra_config = HydraConfig.get()
     # hydra/launcher=parallel runs jobs in worker processes; the first job a process runs
     # pins it to one GPU before TensorFlow starts, and later jobs there keep that GPU.
     if "Joblib" in hydra_config.launcher.get("_target_", "") and "tensorflow" not in sys.modules:
@@ -215,7 +218,7 @@ def run(cfg) -> float:
         from sectrain.train import RunStopped, train  # imports TensorFlow
 
     try:
-        return train(config, run_dir=Path(hydra_config.runtime.output_dir))
+        return train(config, run_dir=run_dir)
     except ConfigError as error:  # found with the data, devices or folder at hand
         fail(error)
     except RunStopped as stopped:

@@ -102,8 +102,11 @@ def test_a_run_fine_tunes_a_trained_model_and_resumes_without_it(trained_run, tm
 
 
 def test_a_missing_model_to_start_from_exits_2(tmp_path):
-    result = sectrain(f"model.init_from={tmp_path / 'none.keras'}", "trainer.epochs=1")
+    result = sectrain(
+        f"model.init_from={tmp_path / 'none.keras'}", "trainer.epochs=1", importtime=True
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert not imported_tensorflow(result)  # found before TensorFlow loads
     message = " ".join(result.stderr.split())  # as the console wraps it
     assert "model.init_from: '" in message and "is neither a run folder with model.keras" in message
 

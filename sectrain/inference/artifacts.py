@@ -79,14 +79,25 @@ class TrainedModel:
         return tf.map_fn(read, images, fn_output_signature=tf.float32)
 
 
-def load_keras_model(target):
-    """The Keras model of a run folder (its model.keras) or of a .keras file, as saved."""
+def keras_model_path(target):
+    """The .keras file of a run folder (its model.keras), or `target` itself if it is one;
+    found without TensorFlow.
+
+    Raises:
+        ConfigError: there is no such file.
+    """
     target = Path(target)
     model_path = target / "model.keras" if target.is_dir() else target
     if not model_path.is_file() or model_path.suffix != ".keras":
         raise ConfigError(
             f"{str(target)!r} is neither a run folder with model.keras nor a .keras file"
         )
+    return model_path
+
+
+def load_keras_model(target):
+    """The Keras model of a run folder (its model.keras) or of a .keras file, as saved."""
+    model_path = keras_model_path(target)
     import sectrain.layers.attention  # noqa: F401  (registers sectrain's layers for loading)
     import sectrain.layers.common  # noqa: F401
 

@@ -8,9 +8,10 @@ afresh.
 """
 
 import logging
+from pathlib import Path
 
 from sectrain.errors import ConfigError
-from sectrain.inference.artifacts import load_keras_model
+from sectrain.inference.artifacts import keras_model_path, load_keras_model
 
 log = logging.getLogger("sectrain")
 
@@ -41,6 +42,19 @@ def copy_matching_weights(source, model):
             copied.append(layer.name)
     unused = [name for name in by_name if name not in copied and name not in fresh]
     return copied, fresh, unused
+
+
+def check_init_from(config, run_dir):
+    """Raises ConfigError if `config.model.init_from` names no trained model and the run
+    in `run_dir` starts afresh (one that resumes takes its weights from its checkpoint).
+    A check before TensorFlow loads: `warm_start` loads the model."""
+    # "checkpoint" is the index TensorFlow keeps of the checkpoints in a folder
+    resumes = (Path(run_dir) / "checkpoints" / "checkpoint").is_file()
+    if config.model.init_from and (config.trainer.fresh_start or not resumes):
+        try:
+            keras_model_path(config.model.init_from)
+        except ConfigError as error:
+            raise ConfigError(f"model.init_from: {error}") from None
 
 
 def warm_start(model, origin):
