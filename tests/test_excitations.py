@@ -24,7 +24,7 @@ def test_class_means_are_those_of_the_gates_the_blocks_apply(attention):
     )
     images = np.random.default_rng(0).normal(size=(8, 32, 32, 1)).astype("float32")
     labels = np.array([0, 2, 2, 0, 1, 0, 2, 2])
-    excitations = ExcitationMeans(model, num_classes=3)
+    excitations = ExcitationMeans(model)
     for batch in (slice(0, 5), slice(5, 8)):  # sums over batches
         logits = excitations(images[batch], labels[batch])
         np.testing.assert_allclose(logits, model(images[batch]), atol=1e-5)
@@ -48,7 +48,7 @@ def test_a_model_without_attention_blocks_is_a_config_error():
         "cifar_resnet20", num_classes=3, input_shape=(32, 32, 1), attention={"kind": "none"}
     )
     with pytest.raises(ConfigError, match="no channel attention blocks"):
-        ExcitationMeans(model, num_classes=3)
+        ExcitationMeans(model)
 
 
 def test_block_statistics_weigh_classes_by_their_images():

@@ -175,7 +175,7 @@ def main(argv=None):
         if args.excitations:
             from sectrain.inference.excitations import ExcitationMeans
 
-            excitations = ExcitationMeans(trained.model, trained.model.output_shape[-1])
+            excitations = ExcitationMeans(trained.model)
         metrics = evaluate(trained, config.data, args.split, forward=excitations)
     except ConfigError as error:
         fail(error)

@@ -26,14 +26,14 @@ class ExcitationMeans:
     """Runs a model on batches and sums, per class, each attention block's gates.
 
     Args:
-        model: a Keras model with attention blocks, as built (not folded for inference).
-        num_classes: int.
+        model: a Keras model with attention blocks, as built (not folded for inference),
+            that outputs one logit per class.
 
     Raises:
         ConfigError: the model has no block that gates channels.
     """
 
-    def __init__(self, model, num_classes):
+    def __init__(self, model):
         self.blocks = attention_blocks(model)
         if not self.blocks:
             raise ConfigError(
@@ -53,7 +53,7 @@ class ExcitationMeans:
             return logits, gates
 
         self._forward = forward
-        self.num_classes = num_classes
+        num_classes = model.output.shape[-1]
         self.sums = [np.zeros((num_classes, block.input.shape[-1])) for block in self.blocks]
         self.counts = np.zeros(num_classes, dtype=np.int64)
 
@@ -63,7 +63,7 @@ class ExcitationMeans:
         labels = np.asarray(labels)
         for total, batch_gates in zip(self.sums, gates):
             np.add.at(total, labels, batch_gates.numpy())  # row of each image's class
-        self.counts += np.bincount(labels, minlength=self.num_classes)
+        self.counts += np.bincount(labels, minlength=len(self.counts))
         return logits
 
     def results(self):
@@ -77,23 +77,27 @@ class ExcitationMeans:
         return means, self.counts
 
 
+def mean_over_images(per_class, counts):
+    """Each channel's mean gate over all images, from its (classes x channels) class
+    means and the classes' image counts."""
+    seen = counts > 0
+    return counts[seen] @ per_class[seen] / counts[seen].sum()
+
+
 def block_statistics(means, counts):
     """One row per block: its channels, mean gate over all images, and class spread (the
     standard deviation over classes of each channel's class mean, averaged over the
     channels; classes without images left out)."""
     seen = counts > 0
-    rows = []
-    for name, per_class in means.items():
-        overall = counts[seen] @ per_class[seen] / counts[seen].sum()
-        rows.append(
-            {
-                "block": name,
-                "channels": per_class.shape[1],
-                "mean_gate": float(overall.mean()),
-                "class_spread": float(per_class[seen].std(axis=0).mean()),
-            }
-        )
-    return rows
+    return [
+        {
+            "block": name,
+            "channels": per_class.shape[1],
+            "mean_gate": float(mean_over_images(per_class, counts).mean()),
+            "class_spread": float(per_class[seen].std(axis=0).mean()),
+        }
+        for name, per_class in means.items()
+    ]
 
 
 def save_excitations(means, counts, class_names, path):
@@ -118,14 +122,13 @@ def plot_excitations(means, counts, class_names, path, max_blocks=16, max_classe
     columns = min(4, len(names))
     rows = -(-len(names) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
-    seen = counts > 0
-    shown = [i for i in range(len(class_names)) if seen[i]][:max_classes]
+    shown = np.flatnonzero(counts)[:max_classes]  # classes with images
     for ax, name in zip(axes.flat, names):
         per_class = means[name]
         channels = np.arange(per_class.shape[1])
         for i in shown:
             ax.plot(channels, per_class[i], linewidth=0.8, label=str(class_names[i]))
-        overall = counts[seen] @ per_class[seen] / counts[seen].sum()
+        overall = mean_over_images(per_class, counts)
         ax.plot(channels, overall, color="black", linewidth=1.2, label="all")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("channel", fontsize=8)
