@@ -72,6 +72,18 @@ def out_of_memory(error, step, trainer, replicas):
     )
 
 
+def interrupted(signum, step, epoch=None):
+    """The RunStopped for a run that the signal `signum` stopped at `step`: in `epoch`,
+    with a checkpoint saved, or before training (epoch None)."""
+    where = f"at step {step} (epoch {epoch}); a checkpoint is saved" if epoch else "before training"
+    return RunStopped(
+        "interrupted",
+        f"stopped by {signal.Signals(signum).name} {where}",
+        128 + signum,
+        resume_with=[],
+    )
+
+
 def train(config, run_dir, console=None):
     """Trains `config` (a validated `sectrain.config.Config`), writing into `run_dir`.
 
@@ -86,130 +98,137 @@ def train(config, run_dir, console=None):
 
     Raises:
         ConfigError: the config cannot run with this data, these devices or this folder.
-        RunStopped: SIGTERM or SIGINT (after saving a checkpoint), or a non-finite loss.
+        RunStopped: SIGTERM or SIGINT (in training, after saving a checkpoint), or a
+            non-finite loss.
     """
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
-    t = config.trainer
-    config_yaml = OmegaConf.to_yaml(OmegaConf.structured(config))
-
-    strategy = start_session(t)
-    chief = is_chief(strategy)
-    if chief:
-        prepare_run_dir(run_dir, config_yaml, t.fresh_start)
-    # Every worker saves checkpoints (saving may need all of them); only the chief's stay.
-    save_dir = (
-        run_dir if chief else Path(tempfile.mkdtemp(prefix=f"sectrain-{worker_name(strategy)}-"))
-    )
-    replicas = strategy.num_replicas_in_sync
-    parts = batch_parts(t, strategy)
-
-    source = load_source(config.data)
-    steps_per_epoch = source.num_train // t.global_batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"trainer.global_batch_size: larger than the {source.num_train} training "
-            f"images. Received: {t.global_batch_size}"
-        )
-    total_steps = t.epochs * steps_per_epoch
-
-    attention = asdict(config.model.attention)
-    resumed = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))  # the chief's
-    # a resumed run's checkpoint holds its weights: model.init_from is for a fresh start
-    model, optimizer, loop = build_trainer(
-        config,
-        strategy,
-        source,
-        steps_per_epoch,
-        init_from=None if resumed else config.model.init_from,
-    )
-
-    checkpoint = tf.train.Checkpoint(
-        model=model,
-        optimizer=optimizer,
-        train_metrics=loop.metric_variables("train"),
-        averages=loop.averages,
-        # the state of dropout's random draws, which tf.train.Checkpoint does not track
-        random_state=[v.value for v in model.variables if "seed_generator" in v.path],
-    )
-    manager = tf.train.CheckpointManager(checkpoint, save_dir / "checkpoints", max_to_keep=2)
-    step = 0
-    if resumed:
-        restore(checkpoint, resumed)
-        step = int(optimizer.iterations.numpy())
-        log.info(
-            "resumed from %s at step %d (epoch %d)", resumed, step, step // steps_per_epoch + 1
-        )
-
-    # The stream of training examples is a function of the seed: resuming skips what the
-    # restored step has consumed, so the run continues with the very same batches.
-    train_data, val_data, (mean, std) = make_pipelines(
-        source, config.data, t.global_batch_size, t.seed, skip=step * t.global_batch_size
-    )
-    train_iterator = iter(strategy.experimental_distribute_dataset(train_data))
-    val_data = strategy.experimental_distribute_dataset(val_data)
-
-    files = FileLogger(run_dir, tensorboard=config.logger.tensorboard) if chief else None
-    rows = files.restart_after(step // steps_per_epoch) if files else []
-    trainable, total = count_parameters(model)
-    flops = count_flops(model)
-    height, width, _ = source.image_shape
-    console = ConsoleLogger(
-        config.logger.print_config, config.logger.progress, console, quiet=not chief
-    )
-    options = "".join(f" {key}={value}" for key, value in config.model.options.items())
-    console.start(
-        config_yaml,
-        f"[bold]{model.name}[/]{options} attention={config.model.attention.kind}: "
-        f"{trainable:,} trainable / {total:,} total parameters, "
-        f"{flops / 1e6:,.1f} MFLOPs per {height}x{width} image; "
-        f"{source.num_train:,} train / {source.num_val:,} val images, "
-        f"{parts}, {t.precision}, XLA: {loop.xla}",
-    )
-    summary = {
-        "status": "running",
-        "model": config.model.name,
-        "options": config.model.options,
-        "attention": attention,
-        "data": config.data.name,
-        "classes": source.class_names,
-        "epochs": t.epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "parameters": {"trainable": trainable, "total": total},
-        "flops": flops,
-        "image_shape": list(source.image_shape),
-        # what a user of model.keras feeds it: (image / 255 - mean) / std, per channel
-        "normalization": {"mean": mean, "std": std},
-        "eval_crop": config.data.eval_crop,
-        "replicas": replicas,
-        "strategy": type(strategy).__name__,
-        "precision": t.precision,
-        "xla": loop.xla,
-        "versions": {
-            "sectrain": __version__,
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
-    }
-
-    def finish(status, message=None):
-        summary.update(status=status, step=step, wall_seconds=time.perf_counter() - started)
-        if message:
-            summary["message"] = message
-        if rows:
-            throughputs = [r["images_per_sec"] for r in rows]
-            summary.update(
-                best=max(rows, key=lambda r: r["val_top1"]),
-                final=rows[-1],
-                # the first epoch includes tracing and compilation: leave it out if possible
-                images_per_sec=statistics.median(throughputs[1:] or throughputs),
-            )
-        if chief:
-            write_json(run_dir / "summary.json", summary)
-
+    # from the start: a signal during the setup is recorded too (see stop_requests)
     with stop_requests() as stop:
+        started = time.perf_counter()
+        run_dir = Path(run_dir)
+        t = config.trainer
+        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(config))
+
+        strategy = start_session(t)
+        chief = is_chief(strategy)
+        if chief:
+            prepare_run_dir(run_dir, config_yaml, t.fresh_start)
+        # Every worker saves checkpoints (saving may need all of them); only the chief's stay.
+        save_dir = (
+            run_dir
+            if chief
+            else Path(tempfile.mkdtemp(prefix=f"sectrain-{worker_name(strategy)}-"))
+        )
+        replicas = strategy.num_replicas_in_sync
+        parts = batch_parts(t, strategy)
+
+        source = load_source(config.data)
+        steps_per_epoch = source.num_train // t.global_batch_size
+        if steps_per_epoch == 0:
+            raise ConfigError(
+                f"trainer.global_batch_size: larger than the {source.num_train} training "
+                f"images. Received: {t.global_batch_size}"
+            )
+        total_steps = t.epochs * steps_per_epoch
+
+        attention = asdict(config.model.attention)
+        resumed = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))  # the chief's
+        # a resumed run's checkpoint holds its weights: model.init_from is for a fresh start
+        model, optimizer, loop = build_trainer(
+            config,
+            strategy,
+            source,
+            steps_per_epoch,
+            init_from=None if resumed else config.model.init_from,
+        )
+
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            train_metrics=loop.metric_variables("train"),
+            averages=loop.averages,
+            # the state of dropout's random draws, which tf.train.Checkpoint does not track
+            random_state=[v.value for v in model.variables if "seed_generator" in v.path],
+        )
+        manager = tf.train.CheckpointManager(checkpoint, save_dir / "checkpoints", max_to_keep=2)
+        step = 0
+        if resumed:
+            restore(checkpoint, resumed)
+            step = int(optimizer.iterations.numpy())
+            log.info(
+                "resumed from %s at step %d (epoch %d)", resumed, step, step // steps_per_epoch + 1
+            )
+
+        # The stream of training examples is a function of the seed: resuming skips what the
+        # restored step has consumed, so the run continues with the very same batches.
+        train_data, val_data, (mean, std) = make_pipelines(
+            source, config.data, t.global_batch_size, t.seed, skip=step * t.global_batch_size
+        )
+        train_iterator = iter(strategy.experimental_distribute_dataset(train_data))
+        val_data = strategy.experimental_distribute_dataset(val_data)
+
+        files = FileLogger(run_dir, tensorboard=config.logger.tensorboard) if chief else None
+        rows = files.restart_after(step // steps_per_epoch) if files else []
+        trainable, total = count_parameters(model)
+        flops = count_flops(model)
+        height, width, _ = source.image_shape
+        console = ConsoleLogger(
+            config.logger.print_config, config.logger.progress, console, quiet=not chief
+        )
+        options = "".join(f" {key}={value}" for key, value in config.model.options.items())
+        console.start(
+            config_yaml,
+            f"[bold]{model.name}[/]{options} attention={config.model.attention.kind}: "
+            f"{trainable:,} trainable / {total:,} total parameters, "
+            f"{flops / 1e6:,.1f} MFLOPs per {height}x{width} image; "
+            f"{source.num_train:,} train / {source.num_val:,} val images, "
+            f"{parts}, {t.precision}, XLA: {loop.xla}",
+        )
+        summary = {
+            "status": "running",
+            "model": config.model.name,
+            "options": config.model.options,
+            "attention": attention,
+            "data": config.data.name,
+            "classes": source.class_names,
+            "epochs": t.epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "parameters": {"trainable": trainable, "total": total},
+            "flops": flops,
+            "image_shape": list(source.image_shape),
+            # what a user of model.keras feeds it: (image / 255 - mean) / std, per channel
+            "normalization": {"mean": mean, "std": std},
+            "eval_crop": config.data.eval_crop,
+            "replicas": replicas,
+            "strategy": type(strategy).__name__,
+            "precision": t.precision,
+            "xla": loop.xla,
+            "versions": {
+                "sectrain": __version__,
+                "python": platform.python_version(),
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+            },
+        }
+
+        def finish(status, message=None):
+            summary.update(status=status, step=step, wall_seconds=time.perf_counter() - started)
+            if message:
+                summary["message"] = message
+            if rows:
+                throughputs = [r["images_per_sec"] for r in rows]
+                summary.update(
+                    best=max(rows, key=lambda r: r["val_top1"]),
+                    final=rows[-1],
+                    # the first epoch includes tracing and compilation: leave it out if possible
+                    images_per_sec=statistics.median(throughputs[1:] or throughputs),
+                )
+            if chief:
+                write_json(run_dir / "summary.json", summary)
+
+        stop.training = True
         try:
+            if stop.signal:  # one whose KeyboardInterrupt was lost, or a SIGTERM, in the setup
+                raise interrupted(stop.signal, step)
             while step < total_steps:
                 epoch = step // steps_per_epoch + 1
                 if step % steps_per_epoch == 0:  # else resumed mid-epoch: metrics restored
@@ -234,16 +253,9 @@ def train(config, run_dir, console=None):
                                 "Lower optimizer.lr or add schedule.warmup_epochs",
                                 EXIT_STATUS["diverged"],
                             )
-                        if "signal" in stop:
+                        if stop.signal:
                             manager.save(checkpoint_number=step)
-                            name = signal.Signals(stop["signal"]).name
-                            raise RunStopped(
-                                "interrupted",
-                                f"stopped by {name} at step {step} (epoch {epoch}); a checkpoint "
-                                "is saved",
-                                128 + stop["signal"],
-                                resume_with=[],
-                            )
+                            raise interrupted(stop.signal, step, epoch)
                         if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
                             manager.save(checkpoint_number=step)
                         elapsed = time.perf_counter() - epoch_started

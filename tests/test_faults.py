@@ -147,6 +147,53 @@ def test_ctrl_c_while_tensorflow_loads_stops_with_a_message(tmp_path):
     assert "Traceback" not in stderr and "interrupted" in stderr
 
 
+class DroppedInterrupt:
+    """Sends its own process SIGINT while it is finalized: the KeyboardInterrupt that
+    raises there is printed and dropped by Python, as in any finalizer TensorFlow runs."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        self.sent = True  # Python runs the signal's handler here, inside the finalizer
+
+
+def test_sigint_stops_at_once_before_training_and_after_its_step_in_training():
+    from sectrain.training.checkpoint import stop_requests
+
+    with stop_requests() as stop, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    assert stop.signal == signal.SIGINT
+    with stop_requests() as stop:
+        stop.training = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # recorded, for the loop to honour after its step
+        assert stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # a second one stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigint_whose_keyboard_interrupt_was_dropped_still_stops_the_run(tmp_path, monkeypatch):
+    import sectrain.train
+    from sectrain.train import RunStopped, train
+
+    count_flops = sectrain.train.count_flops
+
+    def interrupted_meanwhile(model):  # in the setup, before the training loop
+        DroppedInterrupt()
+        return count_flops(model)
+
+    monkeypatch.setattr(sectrain.train, "count_flops", interrupted_meanwhile)
+    with pytest.raises(RunStopped) as stopped:
+        train(make_config("trainer.epochs=1"), tmp_path)
+    assert stopped.value.exit_code == 128 + signal.SIGINT
+    assert str(stopped.value) == "stopped by SIGINT before training"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["step"]) == ("interrupted", 0)
+    assert checkpoint_steps(tmp_path) == []
+
+
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     process = start(tmp_path, *DIVERGING, "trainer.checkpoint_every_steps=1")
     _, stderr = process.communicate(timeout=300)

@@ -29,19 +29,33 @@ def restore(checkpoint, latest):
         ) from None
 
 
+class StopRequest:
+    """What SIGTERM and SIGINT asked of a run: `signal` is the first received (None before
+    any); `training` is true once the training loop runs."""
+
+    def __init__(self):
+        self.signal = None
+        self.training = False
+
+
 @contextmanager
 def stop_requests():
-    """Turns SIGTERM and SIGINT into a request the training loop honours after its
-    current step (it then saves a checkpoint); a second SIGINT stops at once.
+    """Records SIGTERM and SIGINT, for the length of a run, in the `StopRequest` it yields.
 
-    Yields a dict that holds "signal" (the number) once a stop was requested.
+    Before training there is nothing to save, and SIGINT stops at once (KeyboardInterrupt).
+    In training, the loop honours a request after its current step, having saved a
+    checkpoint; a second SIGINT stops at once. The record keeps a signal whose
+    KeyboardInterrupt Python dropped, as it drops (and prints) an exception raised while a
+    finalizer runs, which TensorFlow's objects do at any moment: the loop then stops
+    before its first step instead of the run going on.
     """
-    requested = {}
+    request = StopRequest()
 
     def handler(signum, frame):
-        if signum == signal.SIGINT and "signal" in requested:
+        repeated = request.signal is not None
+        request.signal = request.signal or signum
+        if signum == signal.SIGINT and (repeated or not request.training):
             raise KeyboardInterrupt
-        requested["signal"] = signum
 
     watched = (signal.SIGTERM, signal.SIGINT)
     try:
@@ -49,7 +63,7 @@ def stop_requests():
     except ValueError:  # not the main thread: nobody to deliver signals to us
         previous = {}
     try:
-        yield requested
+        yield request
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
