@@ -108,7 +108,8 @@ def check_overrides(args):
 
     Hydra would reject most of these too, but with exit status 1 and no suggestion.
     """
-    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    # key=value, or ~key: a deletion needs no value
+    overrides = [a for a in args if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
@@ -153,9 +154,26 @@ def check_compositions(parsed, config_name="config"):
                 if other.is_sweep_override()
                 else other.input_line
             )
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            configs.append(validate(compose(config_name, overrides=lines)))
+        configs.append(validate(compose_config(lines, config_name)))
     return configs
+
+
+def compose_config(overrides, config_name="config"):
+    """The config that the `overrides` compose from conf/, not yet validated.
+
+    Raises:
+        ConfigError: Hydra cannot apply an override (e.g. one of a key the config does not
+            have, which needs a leading `+`); its message on one line.
+    """
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except HydraException as error:
+        lines = str(error).strip().splitlines()
+        cause = str(error.__cause__ or "").strip()
+        if len(lines) == 1 and cause:  # "Error merging override X": the reason is OmegaConf's
+            lines = [f"{lines[0]}: {cause.splitlines()[0]}"]
+        raise ConfigError(" ".join(line.strip() for line in lines)) from None
 
 
 def check_command_line(args, config_name="config"):

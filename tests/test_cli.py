@@ -63,6 +63,11 @@ def test_version_names_sectrain_and_its_libraries_without_importing_tensorflow()
         ),
         # the second job's value fails before the first job trains
         (["-m", "model.attention.ratio=4,0"], "model.attention.ratio: must be at least 1"),
+        # keys Hydra cannot set, add or delete in the composed config
+        (["model.options.growth_rate=24"], "use +model.options.growth_rate=24"),
+        (["+trainer.epochs=3"], "An item is already at 'trainer.epochs'"),
+        (["~model.options.depths"], "'model.options.depths' does not exist"),
+        (["~trainer.epochs"], "~trainer.epochs: TrainerConfig (DictConfig) does not support"),
     ],
 )
 def test_config_mistakes_exit_2_with_a_message_and_no_traceback(args, message, tmp_path):

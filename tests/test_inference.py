@@ -132,6 +132,14 @@ def test_eval_reports_metrics_per_class_and_a_confusion_matrix(trained_run):
     assert "top-1" in result.stdout
 
 
+def test_eval_with_an_override_the_config_cannot_take_exits_2(trained_run):
+    _, run_dir = trained_run
+    result = command("evaluate", str(run_dir), "model.options.growth_rate=24")
+    assert result.returncode == 2
+    assert "use +model.options.growth_rate=24" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
 def test_eval_at_another_image_size_writes_beside_the_results_at_its_own(trained_run):
     _, run_dir = trained_run
     result = command("evaluate", str(run_dir), "data.image_size=48")

@@ -160,17 +160,14 @@ def main(argv=None):
         else (target if target.is_dir() else target.parent) / "eval"
     )
     try:
-        from hydra import compose, initialize_config_dir
-
-        from sectrain.cli import CONFIG_DIR, check_overrides
+        from sectrain.cli import check_overrides, compose_config
         from sectrain.config import validate
         from sectrain.inference.artifacts import load_trained
 
         check_overrides(args.overrides)
         trained = load_trained(target, as_built=args.excitations)
         overrides = trained.overrides + args.overrides  # later ones win
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            config = validate(compose("config", overrides=overrides))
+        config = validate(compose_config(overrides))
         excitations = None
         if args.excitations:
             from sectrain.inference.excitations import ExcitationMeans
