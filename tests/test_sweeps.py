@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -96,6 +98,17 @@ def test_ctrl_c_in_a_sweep_names_the_command_that_resumes_it(monkeypatch, capsys
 def test_parallel_jobs_take_gpus_round_robin():
     assert [gpu_for_job(n, "0,1,2") for n in range(4)] == ["0", "1", "2", "0"]
     assert gpu_for_job(3, "5") is None  # one GPU: nothing to share out
+
+
+def test_a_job_validates_its_config_with_tensorflow_unloaded_to_pick_its_gpu():
+    # a job pins its worker process to a GPU only where TensorFlow is not in sys.modules,
+    # not even as a lazy module that has yet to load
+    code = (
+        "import sys; from sectrain.cli import compose_config, validate; "
+        "validate(compose_config(['model=se_resnet50'])); print('tensorflow' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 @pytest.mark.parametrize(

@@ -5,16 +5,18 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from sectrain.data import IMAGE_EXTENSIONS
 from sectrain.errors import ConfigError
-from sectrain.lazy import lazy_import
 
-# loaded when first used, so that a wrong path is reported before TensorFlow loads
-keras = lazy_import("keras")
-tf = lazy_import("tensorflow")
+# TensorFlow and Keras are imported where they are used, so that a wrong path is reported
+# before they load (and not lazily: matplotlib would load a lazy "tensorflow" module it
+# finds in sys.modules, to test whether what it plots is a tensor)
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass
@@ -34,6 +36,8 @@ class TrainedModel:
     def logits(self):
         """The model's inference on a batch of its inputs, as a compiled graph (with XLA
         where training would use it by default) rather than layer by layer."""
+        import tensorflow as tf
+
         from sectrain.train import use_jit
 
         jit = use_jit(None, tf.distribute.get_strategy())
@@ -48,6 +52,8 @@ class TrainedModel:
         """
         if (height, width) == self.image_shape[:2]:
             return self
+        import keras
+
         inputs = keras.Input((height, width, self.image_shape[-1]))
         try:
             model = keras.models.clone_model(
@@ -65,6 +71,8 @@ class TrainedModel:
     def read_images(self, images):
         """A batch of encoded image bytes, or of float images in [0, 1] of one size ->
         the model's normalised inputs, cropped and resized as in evaluation."""
+        import tensorflow as tf
+
         from sectrain.data.images import eval_image
         from sectrain.data.pipeline import normalise
 
@@ -98,6 +106,8 @@ def keras_model_path(target):
 def load_keras_model(target):
     """The Keras model of a run folder (its model.keras) or of a .keras file, as saved."""
     model_path = keras_model_path(target)
+    import keras
+
     import sectrain.layers.attention  # noqa: F401  (registers sectrain's layers for loading)
     import sectrain.layers.common  # noqa: F401
 
@@ -111,12 +121,12 @@ def load_trained(target, as_built=False):
     """Loads a run folder (its model.keras and summary.json) or a .keras file, its model
     as sectrain's inference runs it (see `sectrain.inference.fold.inference_model`), or
     as it was built with `as_built=True` (for a look at its attention blocks)."""
-    from sectrain.inference.fold import inference_model
-
     target = Path(target)
     run_dir = target if target.is_dir() else target.parent
     model = load_keras_model(target)
     if not as_built:
+        from sectrain.inference.fold import inference_model  # imports Keras
+
         model = inference_model(model)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
