@@ -5,6 +5,8 @@ import csv
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -14,6 +16,7 @@ from sectrain.reporting.report import main as report_main
 from sectrain.reporting.runs import Run
 from sectrain.train import RunStopped, train
 from tests.helpers import make_config
+from tests.test_cli import imported_tensorflow
 from tests.test_faults import DIVERGING
 
 QUICK = ("trainer.epochs=1", "trainer.global_batch_size=256", "logger.tensorboard=false")
@@ -31,9 +34,14 @@ def runs(tmp_path_factory):
         )
     with pytest.raises(RunStopped):
         train(make_config(*DIVERGING, "logger.tensorboard=false"), root.parent / "diverged")
-    # a run killed before its end: what remains has no summary.json
+    # a run killed before its end, while it wrote a line of metrics: no summary.json
     shutil.copytree(root / "0", root / "5")
     (root / "5" / "summary.json").unlink()
+    with (root / "5" / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"epoch": 2, "train_lo')
+    # a run whose summary.json something other than sectrain cut short
+    shutil.copytree(root / "0", root.parent / "damaged")
+    (root.parent / "damaged" / "summary.json").write_text('{"status": "compl')
     return root
 
 
@@ -66,8 +74,8 @@ def test_report_table_has_mean_and_std_over_seeds(runs, capsys):
 
 
 def test_report_lists_runs_that_did_not_complete(runs, capsys):
-    diverged = runs.parent / "diverged"
-    report_main([str(runs), str(diverged), "--out", str(runs / "report")])
+    diverged, damaged = runs.parent / "diverged", runs.parent / "damaged"
+    report_main([str(runs), str(diverged), str(damaged), "--out", str(runs / "report")])
     assert "diverged" in capsys.readouterr().out
     markdown = (runs / "report" / "report.md").read_text()
     assert "| configuration | runs | top-1 err % | top-5 err % |" in markdown
@@ -75,8 +83,22 @@ def test_report_lists_runs_that_did_not_complete(runs, capsys):
     failed = markdown.split("Runs that did not complete:")[1]
     assert f"`{diverged}`: diverged" in failed and "the training loss became" in failed
     assert f"`{runs / '5'}`: unfinished, 1 epoch." in failed
+    assert f"`{damaged}`: damaged summary.json, 1 epoch." in failed
     png = (runs / "report" / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_the_report_command_reads_runs_without_loading_tensorflow(runs):
+    main = "import sys; from sectrain.reporting.report import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", main, str(runs), "--out", str(runs / "cli")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 configurations" in result.stdout
+    assert not imported_tensorflow(result)  # matplotlib loads a lazy one it finds
 
 
 def test_report_without_runs_is_an_error(tmp_path, capsys):

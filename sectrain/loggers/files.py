@@ -40,6 +40,19 @@ RESUMABLE_CHANGES = (
 )
 
 
+def read_rows(path):
+    """The rows of a metrics.jsonl file (none if there is no such file), up to a line
+    that a kill cut short."""
+    rows = []
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
 def flatten(config, prefix=""):
     """{"a": {"b": [1]}} -> {"a.b": (1,)}: dotted keys, lists as tuples (so that values
     compare and hash); an empty section adds nothing."""
@@ -118,14 +131,7 @@ class FileLogger:
     def restart_after(self, epoch):
         """Keeps the rows of epochs up to `epoch` (the last checkpoint) and returns them;
         rows written after that checkpoint belong to work that is about to be redone."""
-        rows = []
-        if self.jsonl_path.exists():
-            for line in self.jsonl_path.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # the line a kill cut short
-                    break
-            rows = [r for r in rows if r["epoch"] <= epoch]
+        rows = [r for r in read_rows(self.jsonl_path) if r["epoch"] <= epoch]
         for path in (self.csv_path, self.jsonl_path):
             path.unlink(missing_ok=True)
         for row in rows:

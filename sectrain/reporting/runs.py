@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from sectrain.config import with_defaults
-from sectrain.loggers.files import flatten
+from sectrain.loggers.files import flatten, read_rows
 from sectrain.models import MODELS
 
 # Settings that do not change what a run measures: runs that differ only in these are
@@ -98,9 +98,10 @@ def read_run(folder):
         return None  # another program's config.yaml
     config.pop("hydra", None)
     summary_path = folder / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    metrics_path = folder / "metrics.jsonl"
-    epochs = []
-    if metrics_path.is_file():
-        epochs = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-    return Run(folder, config, summary, epochs)
+    summary = None
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError:  # sectrain replaces it whole: damaged by other means
+            summary = {"status": "damaged summary.json"}
+    return Run(folder, config, summary, read_rows(folder / "metrics.jsonl"))
