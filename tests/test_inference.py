@@ -140,6 +140,16 @@ def test_eval_with_an_override_the_config_cannot_take_exits_2(trained_run):
     assert "Traceback" not in result.stderr
 
 
+def test_a_run_whose_summary_json_was_cut_short_exits_2(trained_run, tmp_path):
+    _, run_dir = trained_run
+    shutil.copy(run_dir / "model.keras", tmp_path)
+    (tmp_path / "summary.json").write_text('{"classes": ["a", ')
+    result = command("evaluate", str(tmp_path))
+    assert result.returncode == 2
+    assert "cannot be read (Expecting value" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
 def test_eval_at_another_image_size_writes_beside_the_results_at_its_own(trained_run):
     _, run_dir = trained_run
     result = command("evaluate", str(run_dir), "data.image_size=48")

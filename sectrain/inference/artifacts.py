@@ -129,7 +129,10 @@ def load_trained(target, as_built=False):
 
         model = inference_model(model)
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{str(summary_path)!r} cannot be read ({error})") from None
     normalization = summary.get("normalization", {})
     overrides_path = run_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
