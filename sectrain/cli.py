@@ -8,6 +8,7 @@ import argparse
 import functools
 import importlib.metadata
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -33,6 +34,7 @@ from sectrain.config import check_value, validate
 from sectrain.errors import EXIT_STATUS, ConfigError, unknown_choice
 from sectrain.training.warm_start import check_init_from
 
+log = logging.getLogger("sectrain")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CONFIG_ERROR = 2
 # This command's sweep, as `SweepReport` records it: its folder, and (run folder,
@@ -232,6 +234,7 @@ def run(cfg) -> float:
         gpu = gpu_for_job(hydra_config.job.num, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            log.info("this job's worker process runs on GPU %s (CUDA_VISIBLE_DEVICES)", gpu)
     with interrupts_held_back():
         from sectrain.train import RunStopped, train  # imports TensorFlow
 

@@ -15,7 +15,8 @@ from sectrain.cli import SweepReport, gpu_for_job, resume_command
 from tests.test_cli import sectrain
 
 
-def test_parallel_launcher_runs_each_job_in_its_own_process(tmp_path):
+def test_parallel_launcher_runs_each_job_in_its_own_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # no GPU here: TensorFlow ignores it
     result = sectrain(
         "-m",
         "hydra/launcher=parallel",
@@ -32,6 +33,10 @@ def test_parallel_launcher_runs_each_job_in_its_own_process(tmp_path):
     assert f"1 job(s) of the sweep stopped early: {tmp_path / '0'} (diverged)" in stderr
     summaries = [json.loads((tmp_path / job / "summary.json").read_text()) for job in ("0", "1")]
     assert [s["status"] for s in summaries] == ["diverged", "completed"]
+    # the first job of a worker process pins it to a GPU, round robin by job number
+    assert (
+        "this job's worker process runs on GPU 0" in (tmp_path / "0" / "sectrain.log").read_text()
+    )
 
 
 @pytest.mark.slow
