@@ -2,6 +2,7 @@
 
 import signal
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import tensorflow as tf
 
@@ -29,13 +30,13 @@ def restore(checkpoint, latest):
         ) from None
 
 
+@dataclass
 class StopRequest:
     """What SIGTERM and SIGINT asked of a run: `signal` is the first received (None before
     any); `training` is true once the training loop runs."""
 
-    def __init__(self):
-        self.signal = None
-        self.training = False
+    signal: int | None = None
+    training: bool = False
 
 
 @contextmanager
