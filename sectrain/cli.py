@@ -37,6 +37,7 @@ from sectrain.training.warm_start import check_init_from
 log = logging.getLogger("sectrain")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CONFIG_ERROR = 2
+OTHER_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 # This command's sweep, as `SweepReport` records it: its folder, and (run folder,
 # status) of each job that stopped early and let it go on, in the order they stopped
 SWEEP = {"dir": None, "stopped": []}
@@ -181,6 +182,13 @@ def compose_config(overrides, config_name="config"):
 def check_command_line(args, config_name="config"):
     """Raises ConfigError for a mistake in the command line `args` of a Hydra app whose
     primary config is `config_name`."""
+    # the checks read conf/: another primary config or config folder would pass unchecked
+    other_configs = [a.split("=")[0] for a in args if a.split("=")[0] in OTHER_CONFIG_FLAGS]
+    if other_configs:
+        raise ConfigError(
+            f"{other_configs[0]}: sectrain reads its configs from {CONFIG_DIR}; add yours to "
+            "its groups there (e.g. conf/experiment/mine.yaml, used as +experiment=mine)"
+        )
     parsed = check_overrides(args)
     configs = check_compositions(parsed, config_name)
     launcher = next((o.value() for o in parsed if o.key_or_group == "hydra/launcher"), None)

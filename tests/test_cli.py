@@ -71,6 +71,9 @@ def test_version_names_sectrain_and_its_libraries_without_importing_tensorflow()
         (["+trainer.epochs=3"], "An item is already at 'trainer.epochs'"),
         (["~model.options.depths"], "'model.options.depths' does not exist"),
         (["~trainer.epochs"], "~trainer.epochs: TrainerConfig (DictConfig) does not support"),
+        # the command line is checked against conf/, so no other config folder or file
+        (["--config-dir", "/tmp"], "--config-dir: sectrain reads its configs from"),
+        (["-cn=bench"], "-cn: sectrain reads its configs from"),
     ],
 )
 def test_config_mistakes_exit_2_with_a_message_and_no_traceback(args, message, tmp_path):
