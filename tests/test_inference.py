@@ -134,10 +134,11 @@ def test_eval_reports_metrics_per_class_and_a_confusion_matrix(trained_run):
 
 def test_eval_with_an_override_the_config_cannot_take_exits_2(trained_run):
     _, run_dir = trained_run
-    result = command("evaluate", str(run_dir), "model.options.growth_rate=24")
+    result = command("evaluate", str(run_dir), "model.options.growth_rate=24", importtime=True)
     assert result.returncode == 2
     assert "use +model.options.growth_rate=24" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
+    assert not imported_tensorflow(result)  # found before the model loads
 
 
 def test_a_run_whose_summary_json_was_cut_short_exits_2(trained_run, tmp_path):

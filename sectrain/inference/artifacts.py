@@ -25,7 +25,6 @@ class TrainedModel:
     class_names: list | None  # None: a bare .keras file without its run folder
     mean: list | None
     std: list | None
-    overrides: list  # the Hydra overrides the run was started with
     eval_crop: float = 1.0  # the central fraction evaluation keeps (see DataConfig)
 
     @property
@@ -117,31 +116,38 @@ def load_keras_model(target):
         raise ConfigError(f"{str(model_path)!r} could not be loaded: {error}") from None
 
 
+def run_overrides(target):
+    """The Hydra overrides that the run of `target` (a run folder, or a .keras file in one)
+    was started with, less those of Hydra itself; none for a bare .keras file."""
+    target = Path(target)
+    run_dir = target if target.is_dir() else target.parent
+    path = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
+    return [o for o in overrides or [] if not o.startswith("hydra")]
+
+
 def load_trained(target, as_built=False):
     """Loads a run folder (its model.keras and summary.json) or a .keras file, its model
     as sectrain's inference runs it (see `sectrain.inference.fold.inference_model`), or
     as it was built with `as_built=True` (for a look at its attention blocks)."""
     target = Path(target)
     run_dir = target if target.is_dir() else target.parent
+    summary_path = run_dir / "summary.json"
+    try:  # before the model, which takes TensorFlow
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{str(summary_path)!r} cannot be read ({error})") from None
     model = load_keras_model(target)
     if not as_built:
         from sectrain.inference.fold import inference_model  # imports Keras
 
         model = inference_model(model)
-    summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{str(summary_path)!r} cannot be read ({error})") from None
     normalization = summary.get("normalization", {})
-    overrides_path = run_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
     return TrainedModel(
         model,
         summary.get("classes"),
         normalization.get("mean"),
         normalization.get("std"),
-        [o for o in overrides or [] if not o.startswith("hydra")],
         summary.get("eval_crop", 1.0),
     )
 

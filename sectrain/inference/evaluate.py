@@ -162,12 +162,12 @@ def main(argv=None):
     try:
         from sectrain.cli import check_overrides, compose_config
         from sectrain.config import validate
-        from sectrain.inference.artifacts import load_trained
+        from sectrain.inference.artifacts import load_trained, run_overrides
 
         check_overrides(args.overrides)
+        # the run's own overrides, then these (later ones win); before TensorFlow loads
+        config = validate(compose_config(run_overrides(target) + args.overrides))
         trained = load_trained(target, as_built=args.excitations)
-        overrides = trained.overrides + args.overrides  # later ones win
-        config = validate(compose_config(overrides))
         excitations = None
         if args.excitations:
             from sectrain.inference.excitations import ExcitationMeans
