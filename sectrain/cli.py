@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -32,6 +31,7 @@ from rich.text import Text
 from sectrain import __version__
 from sectrain.config import check_value, validate
 from sectrain.errors import EXIT_STATUS, ConfigError, unknown_choice
+from sectrain.training.stops import stop_requests
 from sectrain.training.warm_start import check_init_from
 
 log = logging.getLogger("sectrain")
@@ -231,37 +231,47 @@ def run(cfg) -> float:
     a job of a sweep that stopped early, which lets the sweep go on)."""
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    with stop_requests() as stop:  # signals are recorded from here to the end of training
+        # Ctrl-C stops at the end of the setup: inside TensorFlow's import it would leave
+        # that half done, to fail later with an unrelated error
+        with stop.held():
+            config = prepare_job(cfg, hydra_config, run_dir)
+            from sectrain.train import RunStopped, train  # imports TensorFlow
+        try:
+            return train(config, run_dir=run_dir)
+        except ConfigError as error:  # found with the data, devices or folder at hand
+            fail(error)
+        except RunStopped as stopped:
+            message = str(stopped)
+            if stopped.resume_with is not None:
+                message += f". To resume: {resume_command(hydra_config, stopped.resume_with)}"
+            # not wrapped, so that the command can be copied whole
+            status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
+            Console(stderr=True).print(status, soft_wrap=True)
+            if hydra_config.mode == RunMode.MULTIRUN and stopped.status in EXIT_STATUS:
+                # one job that diverged or ran out of memory does not end a table or a
+                # search: its summary.json says why it stopped (see `SweepReport`); a
+                # sweeper scores it 0
+                return 0.0
+            sys.exit(stopped.exit_code)
+
+
+def prepare_job(cfg, hydra_config, run_dir):
+    """Validates a job's config (a mistake exits 2) and, in a worker process of
+    hydra/launcher=parallel, pins the process to its GPU. Returns the `Config`."""
     try:
         config = validate(cfg)
         check_init_from(config, run_dir)
     except ConfigError as error:
         fail(error)
-    # hydra/launcher=parallel runs jobs in worker processes; the first job a process runs
-    # pins it to one GPU before TensorFlow starts, and later jobs there keep that GPU.
+    # the first job a worker process runs pins it to one GPU before TensorFlow starts, and
+    # later jobs there keep that GPU
     if "Joblib" in hydra_config.launcher.get("_target_", "") and "tensorflow" not in sys.modules:
         gpu = gpu_for_job(hydra_config.job.num, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
             log.info("this job's worker process runs on GPU %s (CUDA_VISIBLE_DEVICES)", gpu)
-    with interrupts_held_back():
-        from sectrain.train import RunStopped, train  # imports TensorFlow
-
-    try:
-        return train(config, run_dir=run_dir)
-    except ConfigError as error:  # found with the data, devices or folder at hand
-        fail(error)
-    except RunStopped as stopped:
-        message = str(stopped)
-        if stopped.resume_with is not None:
-            message += f". To resume: {resume_command(hydra_config, stopped.resume_with)}"
-        # not wrapped, so that the command can be copied whole
-        status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
-        Console(stderr=True).print(status, soft_wrap=True)
-        if hydra_config.mode == RunMode.MULTIRUN and stopped.status in EXIT_STATUS:
-            # one job that diverged or ran out of memory does not end a table or a search:
-            # its summary.json says why it stopped (see `SweepReport`); a sweeper scores it 0
-            return 0.0
-        sys.exit(stopped.exit_code)
+    return config
 
 
 class SweepReport(Callback):
@@ -303,25 +313,6 @@ def resume_sweep_command(sweep_dir, changes=()):
     resumes from its last checkpoint, and a completed one ends at once."""
     overrides = [*changes, f"hydra.sweep.dir={shlex.quote(sweep_dir)}"]
     return f"the same sweep with {' '.join(overrides)}"
-
-
-@contextmanager
-def interrupts_held_back():
-    """Holds Ctrl-C back until the block ends, then raises KeyboardInterrupt: one that
-    lands inside TensorFlow's import leaves it half done, to fail later with an error
-    that has nothing to do with the interrupt."""
-    received = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    except ValueError:  # not the main thread: signals do not reach it anyway
-        previous = None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 def stops_on_ctrl_c(command):

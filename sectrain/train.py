@@ -27,9 +27,10 @@ from sectrain.loggers.console import ConsoleLogger
 from sectrain.loggers.files import FileLogger, prepare_run_dir, write_json
 from sectrain.models import build_model
 from sectrain.models.profile import count_flops, count_parameters
-from sectrain.training.checkpoint import restore, stop_requests
+from sectrain.training.checkpoint import restore
 from sectrain.training.loop import TrainingLoop, compiles_whole_step
 from sectrain.training.optim import l2_decay_rate, make_optimizer, make_schedule
+from sectrain.training.stops import stop_requests
 from sectrain.training.strategy import is_chief, make_strategy, worker_name
 from sectrain.training.warm_start import warm_start
 
@@ -288,6 +289,7 @@ def train(config, run_dir, console=None):
             finish(stopped.status, str(stopped))
             raise
         finally:
+            stop.training = False  # a SIGINT from here on stops at once
             if files:
                 files.close()
             if not chief:

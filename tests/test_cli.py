@@ -9,6 +9,7 @@ import pytest
 
 from sectrain import __version__
 from sectrain.cli import stops_on_ctrl_c
+from tests.helpers import RESNET8
 
 
 def sectrain(*args, importtime=False):
@@ -112,6 +113,7 @@ def test_sweep_runs_one_job_per_value_each_with_its_folder(tmp_path):
     result = sectrain(
         "-m",
         "model.attention.ratio=4,16",
+        RESNET8,
         "optimizer.lr=100,0.1",  # two jobs diverge: the sweep goes on
         "optimizer.weight_decay=10",
         "schedule=constant",

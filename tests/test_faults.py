@@ -16,12 +16,14 @@ from omegaconf import OmegaConf
 
 from sectrain.errors import ConfigError
 from sectrain.loggers.files import prepare_run_dir
-from tests.helpers import make_config
+from sectrain.training.stops import stop_requests
+from tests.helpers import RESNET8, make_config
 from tests.test_cli import sectrain
 from tests.test_inference import write_digit_folder
 
 STEPS_PER_EPOCH = 1437 // 128
 RECIPE = (
+    RESNET8,
     "model.dropout=0.2",  # its random draws must resume too
     "trainer.ema_decay=0.9",  # and the weights' moving averages, evaluated and saved
     "trainer.deterministic=true",
@@ -143,7 +145,7 @@ def test_ctrl_c_while_tensorflow_loads_stops_with_a_message(tmp_path):
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "interrupted" in stderr
 
 
@@ -157,8 +159,6 @@ class DroppedInterrupt:
 
 
 def test_sigint_stops_at_once_before_training_and_after_its_step_in_training():
-    from sectrain.training.checkpoint import stop_requests
-
     with stop_requests() as stop, pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
@@ -171,6 +171,28 @@ def test_sigint_stops_at_once_before_training_and_after_its_step_in_training():
         with pytest.raises(KeyboardInterrupt):  # a second one stops at once
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_job_setup_holds_sigint_back_and_records_it_for_training():
+    with stop_requests() as stop:
+        with pytest.raises(KeyboardInterrupt), stop.held():  # as while TensorFlow loads
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            held_back = True
+        assert held_back
+    with stop_requests() as stop:  # a KeyboardInterrupt dropped before: the same stop
+        DroppedInterrupt()
+        assert stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt), stop.held():
+            pass
+    with stop_requests() as job:  # the job's record is the one training sees
+        with stop_requests() as training:
+            assert training is job
+            training.training = True
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert job.signal == signal.SIGTERM
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.helpers import RESNET8
+
 
 def free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
@@ -80,6 +82,7 @@ def sectrain_workers(run_dir, epochs):
             sys.executable,
             "-m",
             "sectrain",
+            RESNET8,
             "trainer.strategy=multi_worker",
             f"trainer.epochs={epochs}",
             "trainer.global_batch_size=128",

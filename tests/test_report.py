@@ -15,11 +15,11 @@ from sectrain.reporting.report import group_runs
 from sectrain.reporting.report import main as report_main
 from sectrain.reporting.runs import Run
 from sectrain.train import RunStopped, train
-from tests.helpers import make_config
+from tests.helpers import RESNET8, make_config
 from tests.test_cli import imported_tensorflow
 from tests.test_faults import DIVERGING
 
-QUICK = ("trainer.epochs=1", "trainer.global_batch_size=256", "logger.tensorboard=false")
+QUICK = (RESNET8, "trainer.epochs=1", "trainer.global_batch_size=256", "logger.tensorboard=false")
 
 
 @pytest.fixture(scope="module")

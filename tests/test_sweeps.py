@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from sectrain import cli
 from sectrain.cli import SweepReport, gpu_for_job, resume_command
+from tests.helpers import RESNET8
 from tests.test_cli import sectrain
 
 
@@ -20,6 +21,7 @@ def test_parallel_launcher_runs_each_job_in_its_own_process(tmp_path, monkeypatc
     result = sectrain(
         "-m",
         "hydra/launcher=parallel",
+        RESNET8,
         "optimizer.lr=100,0.1",  # the first job diverges: the sweep goes on
         "optimizer.weight_decay=10",
         "schedule=constant",
