@@ -38,6 +38,8 @@ log = logging.getLogger("sectrain")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CONFIG_ERROR = 2
 OTHER_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+SHELL_COMPLETION_FLAGS = ("--shell-completion", "-sc")
+SHELLS = ("bash", "zsh", "fish")
 # This command's sweep, as `SweepReport` records it: its folder, and (run folder,
 # status) of each job that stopped early and let it go on, in the order they stopped
 SWEEP = {"dir": None, "stopped": []}
@@ -179,9 +181,26 @@ def compose_config(overrides, config_name="config"):
         raise ConfigError(" ".join(line.strip() for line in lines)) from None
 
 
+def check_shell_completion(args):
+    """Raises ConfigError unless `args` (with --shell-completion) name what Hydra's shell
+    completion is to do: install=SHELL, uninstall=SHELL, or query=SHELL (what the
+    installed completion asks)."""
+    actions = [a for a in args if not a.startswith("-")]
+    action, _, shell = (actions[0] if len(actions) == 1 else "").partition("=")
+    if action not in ("install", "uninstall", "query") or shell not in SHELLS:
+        raise ConfigError(
+            f"--shell-completion: takes install=SHELL or uninstall=SHELL, SHELL one of "
+            f'{", ".join(SHELLS)}; e.g. eval "$(sectrain -sc install=bash)" in ~/.bashrc. '
+            f"Received: {' '.join(actions) or 'nothing'}"
+        )
+
+
 def check_command_line(args, config_name="config"):
     """Raises ConfigError for a mistake in the command line `args` of a Hydra app whose
     primary config is `config_name`."""
+    if any(a in SHELL_COMPLETION_FLAGS for a in args):
+        check_shell_completion(args)  # Hydra then completes a command line; nothing runs
+        return
     # the checks read conf/: another primary config or config folder would pass unchecked
     other_configs = [a.split("=")[0] for a in args if a.split("=")[0] in OTHER_CONFIG_FLAGS]
     if other_configs:

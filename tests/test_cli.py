@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 
@@ -75,6 +76,7 @@ def test_version_names_sectrain_and_its_libraries_without_importing_tensorflow()
         # the command line is checked against conf/, so no other config folder or file
         (["--config-dir", "/tmp"], "--config-dir: sectrain reads its configs from"),
         (["-cn=bench"], "-cn: sectrain reads its configs from"),
+        (["-sc"], "--shell-completion: takes install=SHELL or uninstall=SHELL"),
     ],
 )
 def test_config_mistakes_exit_2_with_a_message_and_no_traceback(args, message, tmp_path):
@@ -88,6 +90,23 @@ def test_config_mistakes_exit_2_with_a_message_and_no_traceback(args, message, t
     assert "Traceback" not in result.stderr + result.stdout
     assert not imported_tensorflow(result)
     assert not list(tmp_path.iterdir())  # no run folder was made
+
+
+def test_shell_completion_completes_config_groups_and_keys():
+    script = sectrain("--shell-completion", "install=bash")
+    assert script.returncode == 0 and "complete -o nospace" in script.stdout
+    for line, completions in [
+        ("sectrain model=se_resnext5", ["model=se_resnext50"]),
+        ("sectrain model=se_resnet50 trainer.glo", ["trainer.global_batch_size="]),
+    ]:
+        query = subprocess.run(
+            [sys.executable, "-m", "sectrain", "-sc", "query=bash"],
+            env={**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert query.stdout.split() == completions, query.stderr
 
 
 def test_one_run_writes_the_whole_run_folder(tmp_path):
