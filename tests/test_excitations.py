@@ -8,12 +8,14 @@ from sectrain.errors import ConfigError
 from sectrain.inference.excitations import ExcitationMeans, attention_blocks, block_statistics
 from sectrain.models import build_model
 
+SE = {"kind": "se", "ratio": 4}
+
 
 @pytest.mark.parametrize(
     "attention",
     [
-        {"kind": "se", "ratio": 4},
-        {"kind": "se", "ratio": 4, "squeeze": "none"},  # a gate per position
+        SE,
+        {**SE, "squeeze": "none"},  # a gate per position
         {"kind": "eca"},
     ],
 )
@@ -41,6 +43,24 @@ def test_class_means_are_those_of_the_gates_the_blocks_apply(attention):
         expected = [gates[labels == label].mean(axis=0) for label in range(3)]
         np.testing.assert_allclose(means[block.name], expected, rtol=1e-4)
         assert np.all((gates > 0) & (gates < 1))  # sigmoid gates
+
+
+def test_gates_at_another_image_size_are_those_of_the_network_built_for_it():
+    models = {}
+    for size in (32, 40):  # the same seed: the same weights, whatever the input size
+        keras.utils.set_random_seed(0)
+        models[size] = build_model(
+            "cifar_resnet20", num_classes=3, input_shape=(size, size, 1), attention=SE
+        )
+    images = np.random.default_rng(0).normal(size=(6, 40, 40, 1)).astype("float32")
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    resized, built_for_40 = ExcitationMeans(models[32]), ExcitationMeans(models[40])
+    np.testing.assert_allclose(resized(images, labels), models[40](images), atol=1e-5)
+    built_for_40(images, labels)
+    got, want = resized.results()[0], built_for_40.results()[0]
+    assert list(got) == list(want)
+    for name in got:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
 
 
 def test_a_model_without_attention_blocks_is_a_config_error():

@@ -25,8 +25,7 @@ def evaluate(trained, data, split, batch_size=256, forward=None):
     true classes).
 
     `forward(images, labels)`, if given, returns the logits of each batch in place of the
-    model's own inference: an `ExcitationMeans`, which also records the gates. It runs the
-    model at its own image size only.
+    model's own inference: an `ExcitationMeans`, which also records the gates.
     """
     import numpy as np
     import tensorflow as tf
@@ -40,14 +39,7 @@ def evaluate(trained, data, split, batch_size=256, forward=None):
         raise ConfigError(
             f"data: images have {channels} channel(s), the model takes {trained.image_shape[-1]}"
         )
-    resized = trained.at_image_size(height, width)
-    if forward is not None and resized is not trained:
-        trained_height, trained_width, _ = trained.image_shape
-        raise ConfigError(
-            f"data.image_size: the excitations are recorded at the model's own image size, "
-            f"{trained_height}x{trained_width}"
-        )
-    trained = resized
+    trained = trained.at_image_size(height, width)
     num_classes = trained.model.output_shape[-1]
     if source.num_classes != num_classes:
         raise ConfigError(f"data: {source.num_classes} classes, the model has {num_classes}")

@@ -27,7 +27,8 @@ class ExcitationMeans:
 
     Args:
         model: a Keras model with attention blocks, as built (not folded for inference),
-            that outputs one logit per class.
+            that outputs one logit per class. Batches may be of another image size, where
+            the network takes it (see `TrainedModel.at_image_size`).
 
     Raises:
         ConfigError: the model has no block that gates channels.
@@ -40,26 +41,50 @@ class ExcitationMeans:
                 f"--excitations: {model.name} has no channel attention blocks (se, scse or "
                 "eca); was it trained with model.attention.kind=none?"
             )
-        probe = keras.Model(model.input, [model.output, *[b.input for b in self.blocks]])
-
-        @tf.function
-        def forward(images):
-            logits, *block_inputs = probe(images, training=False)
-            # one gate per channel and image: averaged over positions where each has its own
-            gates = [
-                keras.ops.mean(block.excitation(x), axis=(1, 2))
-                for block, x in zip(self.blocks, block_inputs)
-            ]
-            return logits, gates
-
-        self._forward = forward
+        self.model = model
+        self._forwards = {}  # image shape -> its traced forward pass
         num_classes = model.output.shape[-1]
         self.sums = [np.zeros((num_classes, block.input.shape[-1])) for block in self.blocks]
         self.counts = np.zeros(num_classes, dtype=np.int64)
 
+    def _forward(self, image_shape):
+        """The model's logits and each block's gates for a batch of `image_shape` images."""
+        if image_shape not in self._forwards:
+            # the network again on an input of this shape, with its own layers and weights,
+            # that also outputs what each block receives
+            block_inputs = {}
+
+            def call(layer, *args, **kwargs):
+                if any(layer is block for block in self.blocks):
+                    block_inputs[layer.name] = args[0]
+                return layer(*args, **kwargs)
+
+            graph = keras.models.clone_model(
+                self.model,
+                input_tensors=keras.Input(image_shape),
+                clone_function=lambda layer: layer,
+                call_function=call,
+            )
+            probe = keras.Model(
+                graph.input, [graph.output, *(block_inputs[b.name] for b in self.blocks)]
+            )
+
+            @tf.function
+            def forward(images):
+                logits, *inputs = probe(images, training=False)
+                # one gate per channel and image: averaged over positions where each has its own
+                gates = [
+                    keras.ops.mean(block.excitation(x), axis=(1, 2))
+                    for block, x in zip(self.blocks, inputs)
+                ]
+                return logits, gates
+
+            self._forwards[image_shape] = forward
+        return self._forwards[image_shape]
+
     def __call__(self, images, labels):
         """Adds a batch (images, integer labels); returns the model's logits for it."""
-        logits, gates = self._forward(images)
+        logits, gates = self._forward(tuple(images.shape[1:]))(images)
         labels = np.asarray(labels)
         for total, batch_gates in zip(self.sums, gates):
             np.add.at(total, labels, batch_gates.numpy())  # row of each image's class
