@@ -3,6 +3,7 @@ compared with an uninterrupted run; bad inputs rejected with a message."""
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -123,7 +124,7 @@ def test_sigterm_saves_reports_interrupted_and_resumes(reference, tmp_path):
     assert process.returncode == 128 + signal.SIGTERM
     stderr = " ".join(stderr.split())
     assert "interrupted: stopped by SIGTERM" in stderr
-    assert f"To resume: sectrain {' '.join(RECIPE)}" in stderr
+    assert f"To resume: sectrain {shlex.join(RECIPE)}" in stderr  # quoted for a shell
     assert stderr.endswith(f"hydra.run.dir={tmp_path}")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["step"] in checkpoint_steps(tmp_path)

@@ -20,6 +20,7 @@ from sectrain.models import build_model
 from tests.helpers import SE
 from tests.test_cli import imported_tensorflow, sectrain
 
+pytestmark = pytest.mark.xdist_group("inference")  # `trained_run` trains once
 CLASSES = ("0", "1", "2")
 FORMATS = ("png", "jpeg", "png", "bmp", "gif")  # every reader, PNG most often
 

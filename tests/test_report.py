@@ -19,6 +19,7 @@ from tests.helpers import RESNET8, make_config
 from tests.test_cli import imported_tensorflow
 from tests.test_faults import DIVERGING
 
+pytestmark = pytest.mark.xdist_group("report")  # `runs` trains once
 QUICK = (RESNET8, "trainer.epochs=1", "trainer.global_batch_size=256", "logger.tensorboard=false")
 
 
