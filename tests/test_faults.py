@@ -174,6 +174,18 @@ def test_sigint_stops_at_once_before_training_and_after_its_step_in_training():
             time.sleep(1)
 
 
+def test_a_signal_the_process_ignores_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in `sectrain ... &`
+    try:
+        with stop_requests() as stop:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            assert stop.signal is None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_job_setup_holds_sigint_back_and_records_it_for_training():
     with stop_requests() as stop:

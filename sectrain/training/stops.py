@@ -55,7 +55,9 @@ def stop_requests():
         if signum == signal.SIGINT and not request.holding and (repeated or not request.training):
             raise KeyboardInterrupt
 
-    watched = (signal.SIGTERM, signal.SIGINT)
+    # one the process was started to ignore (as a shell starts `sectrain ... &` to ignore
+    # SIGINT) stays ignored
+    watched = [s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) != signal.SIG_IGN]
     try:
         previous = {s: signal.signal(s, handler) for s in watched}
     except ValueError:  # not the main thread: nobody to deliver signals to us
