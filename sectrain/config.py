@@ -6,6 +6,7 @@ imported, so a mistake costs well under two seconds.
 """
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,7 +251,7 @@ def _schema_error(error):
     key = getattr(error, "full_key", "") or ""
     if key:
         try:
-            check_key(key)
+            check_key(re.sub(r"\[\d+\]", "", key))  # an item's key is its list's
         except ConfigError as unknown_key:
             return unknown_key
     return ConfigError(f"{key or 'config'}: {str(error).splitlines()[0]}")

@@ -62,6 +62,7 @@ def test_version_names_sectrain_and_its_libraries_without_importing_tensorflow()
             "trainer.global_batch_size: must be at least 1. Received: -4",
         ),
         (["trainer.epocs=3"], "Did you mean 'epochs'?"),
+        (["schedule.milestones=[30,b]"], "schedule.milestones[1]: Value 'b' of type 'str'"),
         (
             ["trainer.strategy=mirrored", "trainer.jit_compile=true", "trainer.sync_bn=true"],
             "trainer.jit_compile: XLA cannot compile batch norm",
