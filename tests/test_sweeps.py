@@ -111,10 +111,13 @@ def test_a_job_validates_its_config_with_tensorflow_unloaded_to_pick_its_gpu():
     # a job pins its worker process to a GPU only where TensorFlow is not in sys.modules,
     # not even as a lazy module that has yet to load
     code = (
-        "import sys; from sectrain.cli import compose_config, validate; "
+        "import sys; from sectrain.cli import compose_config; "
+        "from sectrain.config import validate; "
         "validate(compose_config(['model=se_resnet50'])); print('tensorflow' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.stdout.strip() == "False", result.stderr
 
 

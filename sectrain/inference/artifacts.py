@@ -116,12 +116,17 @@ def load_keras_model(target):
         raise ConfigError(f"{str(model_path)!r} could not be loaded: {error}") from None
 
 
+def run_folder(target):
+    """The folder of a run given as its folder or as a .keras file (the file's folder,
+    which for a bare .keras file holds no run)."""
+    target = Path(target)
+    return target if target.is_dir() else target.parent
+
+
 def run_overrides(target):
     """The Hydra overrides that the run of `target` (a run folder, or a .keras file in one)
     was started with, less those of Hydra itself; none for a bare .keras file."""
-    target = Path(target)
-    run_dir = target if target.is_dir() else target.parent
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = run_folder(target) / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
     return [o for o in overrides or [] if not o.startswith("hydra")]
 
@@ -130,9 +135,7 @@ def load_trained(target, as_built=False):
     """Loads a run folder (its model.keras and summary.json) or a .keras file, its model
     as sectrain's inference runs it (see `sectrain.inference.fold.inference_model`), or
     as it was built with `as_built=True` (for a look at its attention blocks)."""
-    target = Path(target)
-    run_dir = target if target.is_dir() else target.parent
-    summary_path = run_dir / "summary.json"
+    summary_path = run_folder(target) / "summary.json"
     try:  # before the model, which takes TensorFlow
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     except json.JSONDecodeError as error:

@@ -146,15 +146,12 @@ def main(argv=None):
     )
     args = parser.parse_intermixed_args(argv)
     target = Path(args.target)
-    output = (
-        Path(args.output)
-        if args.output
-        else (target if target.is_dir() else target.parent) / "eval"
-    )
     try:
         from sectrain.cli import check_overrides, compose_config
         from sectrain.config import validate
-        from sectrain.inference.artifacts import load_trained, run_overrides
+        from sectrain.inference.artifacts import load_trained, run_folder, run_overrides
+
+        output = Path(args.output) if args.output else run_folder(target) / "eval"
 
         check_overrides(args.overrides)
         # the run's own overrides, then these (later ones win); before TensorFlow loads
