@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -101,10 +102,14 @@ def check_writable(key, folder):
     path = Path(folder).absolute()
     while not path.exists():
         path = path.parent
-    if not path.is_dir() or not os.access(path, os.W_OK):
+    try:
+        # made and removed rather than os.access, which says yes to root even where a
+        # folder cannot be made (a read-only mount, /proc)
+        tempfile.TemporaryDirectory(dir=path).cleanup()
+    except OSError:
         raise ConfigError(
             f"{key}: {str(folder)!r} cannot be written ({str(path)!r} is not a writable folder)"
-        )
+        ) from None
 
 
 def check_overrides(args):
@@ -310,7 +315,10 @@ class SweepReport(Callback):
             if path.stat().st_mtime >= self.started  # not one of an earlier sweep there
         ]
         for path in sorted(summaries, key=lambda path: path.stat().st_mtime):
-            status = json.loads(path.read_text()).get("status")
+            try:
+                status = json.loads(path.read_text()).get("status")
+            except ValueError:  # sectrain replaces it whole: damaged by other means
+                continue
             if status in EXIT_STATUS:
                 SWEEP["stopped"].append((str(path.parent), status))
 

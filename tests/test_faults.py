@@ -359,6 +359,8 @@ def bad_folder(kind, root):
             "1 files are not decodable images",
         ),
         (["hydra.run.dir={a_file}/run"], "cannot be written"),
+        # os.access says root may write there, but no folder can be made in /proc
+        (["hydra.run.dir=/proc/sectrain/run"], "cannot be written"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_clear_message(args, message, tmp_path):

@@ -77,6 +77,8 @@ def test_the_stopped_jobs_of_a_sweep_are_those_it_ran(tmp_path, monkeypatch):
     job("1", "completed")
     job("2", "out_of_memory")
     job("3", "diverged")
+    job("4", "completed")
+    (tmp_path / "4" / "summary.json").write_text('{"status": "comp')  # damaged by hand
     # job 3 stopped first: it sets the exit status
     os.utime(tmp_path / "3" / "summary.json", (callback.started + 1,) * 2)
     os.utime(tmp_path / "2" / "summary.json", (callback.started + 2,) * 2)
