@@ -7,8 +7,7 @@ import pytest
 from sectrain.errors import ConfigError
 from sectrain.inference.excitations import ExcitationMeans, attention_blocks, block_statistics
 from sectrain.models import build_model
-
-SE = {"kind": "se", "ratio": 4}
+from tests.helpers import SE
 
 
 @pytest.mark.parametrize(
