@@ -42,14 +42,28 @@ OTHER_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-
 SHELL_COMPLETION_FLAGS = ("--shell-completion", "-sc")
 SHELLS = ("bash", "zsh", "fish")
 # This command's sweep, as `SweepReport` records it: its folder, and (run folder,
-# status) of each job that stopped early and let it go on, in the order they stopped
-SWEEP = {"dir": None, "stopped": []}
+# status) of each job that stopped early and let it go on, in the order they stopped;
+# "held": the RunStopped of each job of this process that ran out of memory, kept so
+# that its tensors are never freed (see `exit_without_teardown`)
+SWEEP = {"dir": None, "stopped": [], "held": []}
 
 
 def fail(message):
     """Prints a user error without a traceback and exits with status 2."""
     Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(message)))
     sys.exit(EXIT_CONFIG_ERROR)
+
+
+def exit_without_teardown(status):
+    """Ends the process with `status` after flushing the console and the log files, but
+    without Python's teardown. After a GPU ran out of memory, TensorFlow can abort while
+    it frees the stopped run's tensors (seen under XLA on an H100: "Check failed: h !=
+    kInvalidChunkHandle" at interpreter exit), which turns status 4 into a crash; by then
+    the run's files are written and closed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def version_line():
@@ -272,11 +286,16 @@ def run(cfg) -> float:
             # not wrapped, so that the command can be copied whole
             status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
             Console(stderr=True).print(status, soft_wrap=True)
+            out_of_memory = stopped.status == "out_of_memory"
             if hydra_config.mode == RunMode.MULTIRUN and stopped.status in EXIT_STATUS:
                 # one job that diverged or ran out of memory does not end a table or a
                 # search: its summary.json says why it stopped (see `SweepReport`); a
                 # sweeper scores it 0
+                if out_of_memory:  # its traceback holds the job's tensors
+                    SWEEP["held"].append(stopped)
                 return 0.0
+            if out_of_memory:
+                exit_without_teardown(stopped.exit_code)
             sys.exit(stopped.exit_code)
 
 
@@ -385,4 +404,7 @@ def main():
         Console(stderr=True).print(
             f"{len(stopped)} job(s) of the sweep stopped early: {listing}", soft_wrap=True
         )
-        sys.exit(EXIT_STATUS[stopped[0][1]])
+        status = EXIT_STATUS[stopped[0][1]]
+        if SWEEP["held"]:
+            exit_without_teardown(status)
+        sys.exit(status)

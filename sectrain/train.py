@@ -63,10 +63,13 @@ def out_of_memory(error, step, trainer, replicas):
         if fits
         else "lower trainer.global_batch_size"
     )
-    first_line = str(error.message).strip().splitlines()[0]
+    lines = [line.strip() for line in str(error.message).splitlines() if line.strip()] or [""]
+    # under XLA the message starts "Graph execution error:" and names the cause later
+    named = [line for line in lines if line.startswith("OOM ") or "out of memory" in line.lower()]
+    cause = (named or lines)[0]
     return RunStopped(
         "out_of_memory",
-        f"the device ran out of memory by step {step} ({first_line}); {advice}. The last "
+        f"the device ran out of memory by step {step} ({cause}); {advice}. The last "
         "checkpoint is kept",
         EXIT_STATUS["out_of_memory"],
         resume_with=[change] if fits else None,

@@ -272,6 +272,56 @@ def test_out_of_device_memory_stops_and_resumes_with_micro_batches(tmp_path, mon
     assert (summary["status"], summary["step"]) == ("completed", summary["steps_per_epoch"])
 
 
+# `sectrain ARGS...` whose first training call in the process runs out of device memory
+# as it does under XLA; an exit handler shows whether Python's teardown ran
+OUT_OF_MEMORY_ON_FIRST_CALL = """
+import atexit, sys
+import tensorflow as tf
+from sectrain.cli import main
+from sectrain.training.loop import TrainingLoop
+
+train_steps, calls = TrainingLoop.train_steps, []
+
+def first_call_exhausts(self, iterator, num_steps):
+    calls.append(num_steps)
+    if len(calls) == 1:
+        message = "Graph execution error:\\n\\nOut of memory while trying to allocate 146.83GiB."
+        raise tf.errors.ResourceExhaustedError(None, None, message)
+    return train_steps(self, iterator, num_steps)
+
+TrainingLoop.train_steps = first_call_exhausts
+atexit.register(print, "teardown ran")
+sys.argv[0] = "sectrain"
+main()
+"""
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_out_of_device_memory_ends_the_process_with_status_4_without_teardown(tmp_path, sweep):
+    # TensorFlow can abort while it frees the tensors of a run whose GPU ran out of memory
+    # (seen under XLA): such a process exits without Python's teardown, and a sweep holds
+    # the stopped job's tensors until then
+    folder = (
+        ["-m", "model.attention.ratio=4,8", f"hydra.sweep.dir={tmp_path}"]
+        if sweep
+        else [f"hydra.run.dir={tmp_path}"]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", OUT_OF_MEMORY_ON_FIRST_CALL, *folder, RESNET8, "trainer.epochs=1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 4, result.stderr
+    assert "teardown ran" not in result.stdout
+    stderr = " ".join(result.stderr.split())
+    assert "by step 0 (Out of memory while trying to allocate 146.83GiB.)" in stderr
+    run_dirs = [tmp_path / "0", tmp_path / "1"] if sweep else [tmp_path]
+    statuses = [json.loads((d / "summary.json").read_text())["status"] for d in run_dirs]
+    assert statuses == (["out_of_memory", "completed"] if sweep else ["out_of_memory"])
+    assert "To resume:" in stderr
+
+
 @pytest.mark.parametrize(
     "trainer, replicas, advice",
     [
