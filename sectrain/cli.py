@@ -42,10 +42,11 @@ OTHER_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-
 SHELL_COMPLETION_FLAGS = ("--shell-completion", "-sc")
 SHELLS = ("bash", "zsh", "fish")
 # This command's sweep, as `SweepReport` records it: its folder, and (run folder,
-# status) of each job that stopped early and let it go on, in the order they stopped;
-# "held": the RunStopped of each job of this process that ran out of memory, kept so
-# that its tensors are never freed (see `exit_without_teardown`)
-SWEEP = {"dir": None, "stopped": [], "held": []}
+# status) of each job that stopped early and let it go on, in the order they stopped
+SWEEP = {"dir": None, "stopped": []}
+# The RunStopped of each run of this process that ran out of device memory: its
+# traceback holds the run's tensors, which are never freed (see `exit_with`)
+OUT_OF_MEMORY = []
 
 
 def fail(message):
@@ -54,16 +55,18 @@ def fail(message):
     sys.exit(EXIT_CONFIG_ERROR)
 
 
-def exit_without_teardown(status):
-    """Ends the process with `status` after flushing the console and the log files, but
-    without Python's teardown. After a GPU ran out of memory, TensorFlow can abort while
-    it frees the stopped run's tensors (seen under XLA on an H100: "Check failed: h !=
-    kInvalidChunkHandle" at interpreter exit), which turns status 4 into a crash; by then
-    the run's files are written and closed."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+def exit_with(status):
+    """Exits with `status`; without Python's teardown, once the console and the log
+    files are flushed, where a run of this process ran out of device memory. TensorFlow
+    can abort while it frees such a run's tensors (seen under XLA on an H100: "Check
+    failed: h != kInvalidChunkHandle" at interpreter exit), which turns the status into
+    a crash; by then the run's files are written and closed."""
+    if OUT_OF_MEMORY:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def version_line():
@@ -286,17 +289,14 @@ def run(cfg) -> float:
             # not wrapped, so that the command can be copied whole
             status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
             Console(stderr=True).print(status, soft_wrap=True)
-            out_of_memory = stopped.status == "out_of_memory"
+            if stopped.status == "out_of_memory":
+                OUT_OF_MEMORY.append(stopped)
             if hydra_config.mode == RunMode.MULTIRUN and stopped.status in EXIT_STATUS:
                 # one job that diverged or ran out of memory does not end a table or a
                 # search: its summary.json says why it stopped (see `SweepReport`); a
                 # sweeper scores it 0
-                if out_of_memory:  # its traceback holds the job's tensors
-                    SWEEP["held"].append(stopped)
                 return 0.0
-            if out_of_memory:
-                exit_without_teardown(stopped.exit_code)
-            sys.exit(stopped.exit_code)
+            exit_with(stopped.exit_code)
 
 
 def prepare_job(cfg, hydra_config, run_dir):
@@ -371,7 +371,7 @@ def stops_on_ctrl_c(command):
             return command(*args, **kwargs)
         except KeyboardInterrupt:
             Console(stderr=True).print(Text.assemble(("interrupted", "bold yellow"), " by Ctrl-C"))
-            sys.exit(128 + signal.SIGINT)
+            exit_with(128 + signal.SIGINT)
 
     return main
 
@@ -404,7 +404,4 @@ def main():
         Console(stderr=True).print(
             f"{len(stopped)} job(s) of the sweep stopped early: {listing}", soft_wrap=True
         )
-        status = EXIT_STATUS[stopped[0][1]]
-        if SWEEP["held"]:
-            exit_without_teardown(status)
-        sys.exit(status)
+        exit_with(EXIT_STATUS[stopped[0][1]])

@@ -69,7 +69,7 @@ def test_the_stopped_jobs_of_a_sweep_are_those_it_ran(tmp_path, monkeypatch):
 
     job("0", "diverged")  # from an earlier sweep into the same folder
     os.utime(tmp_path / "0" / "summary.json", (0, 0))
-    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": [], "held": []})
+    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": []})
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     callback = SweepReport()
     callback.on_multirun_start(config)
@@ -94,7 +94,7 @@ def test_ctrl_c_in_a_sweep_names_the_command_that_resumes_it(monkeypatch, capsys
         cli.SWEEP["dir"] = "/runs/a b"  # as the sweep's start records it
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": [], "held": []})
+    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": []})
     monkeypatch.setattr(cli, "run_checked", interrupted)
     with pytest.raises(SystemExit) as stop:
         cli.main()
