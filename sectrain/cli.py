@@ -231,6 +231,9 @@ def check_command_line(args, config_name="config"):
             "its groups there (e.g. conf/experiment/mine.yaml, used as +experiment=mine)"
         )
     parsed = check_overrides(args)
+    bench_keys = [o.key_or_group for o in parsed if o.key_or_group.split(".")[0] == "bench"]
+    if bench_keys and config_name != "bench":
+        raise ConfigError(f"{bench_keys[0]}: a setting of sectrain-bench; sectrain has no bench.*")
     configs = check_compositions(parsed, config_name)
     launcher = next((o.value() for o in parsed if o.key_or_group == "hydra/launcher"), None)
     multi_worker = any(c.trainer.strategy == "multi_worker" for c in configs)

@@ -7,6 +7,7 @@ imported, so a mistake costs well under two seconds.
 
 import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,10 +149,10 @@ class LoggerConfig:
 
 @dataclass
 class BenchConfig:
-    """What `sectrain-bench` measures; the trainer ignores it."""
+    """What `sectrain-bench` measures (conf/bench.yaml)."""
 
     # variant name -> key=value overrides of the config; ratios compare with the first
-    # (conf/config.yaml sets plain and configured, which ~bench.variants.NAME removes)
+    # (conf/bench.yaml sets plain and configured, which ~bench.variants.NAME removes)
     variants: dict[str, list[str]] = field(default_factory=dict)
     keras_fit: bool = True  # also the keras.applications counterpart trained by model.fit
     rounds: int = 1  # measure all variants this many times; report medians over rounds
@@ -177,7 +178,7 @@ class Config:
     # the published results these runs reproduce (imagenet | cifar | ablation; set by
     # conf/experiment): sectrain-report puts the paper's numbers beside them
     paper: str | None = None
-    bench: BenchConfig = field(default_factory=BenchConfig)
+    bench: BenchConfig | None = None  # set by conf/bench.yaml: sectrain-bench alone has one
 
 
 # The base of conf/config.yaml: every key exists, with its type, before any YAML is merged.
@@ -228,6 +229,7 @@ def check_key(key):
         if part not in fields:
             raise unknown_choice(f"key {'.'.join(parts[:depth]) or '<root>'}", part, fields)
         node = fields[part].type
+        node = next((t for t in typing.get_args(node) if dataclasses.is_dataclass(t)), node)
         if getattr(node, "__origin__", None) is dict:
             return  # free-form (model.options): the model checks its own keys
         if not dataclasses.is_dataclass(node):
@@ -239,7 +241,7 @@ def check_key(key):
 def check_value(key, value):
     """Raises ConfigError if `value` cannot be stored at the schema's `key` (wrong type)."""
     check_key(key)
-    schema = OmegaConf.structured(Config)
+    schema = OmegaConf.structured(Config(bench=BenchConfig()))  # sectrain-bench's keys too
     try:
         OmegaConf.update(schema, key, value, merge=True)
     except OmegaConfBaseException as error:
@@ -343,11 +345,12 @@ def _check(c: Config):
         raise ConfigError(f"schedule.milestones: must increase. Received: {list(s.milestones)}")
 
     b = c.bench
-    if not b.variants:
-        raise ConfigError("bench.variants: give at least one, e.g. {configured: []}")
-    for key in ("rounds", "warmup_steps", "timed_steps", "inference_batch", "inference_calls"):
-        _at_least(f"bench.{key}", getattr(b, key), 1)
-    _at_least("bench.pipeline_batches", b.pipeline_batches, 0)
+    if b is not None:
+        if not b.variants:
+            raise ConfigError("bench.variants: give at least one, e.g. {configured: []}")
+        for key in ("rounds", "warmup_steps", "timed_steps", "inference_batch", "inference_calls"):
+            _at_least(f"bench.{key}", getattr(b, key), 1)
+        _at_least("bench.pipeline_batches", b.pipeline_batches, 0)
 
     t = c.trainer
     _at_least("trainer.epochs", t.epochs, 1)

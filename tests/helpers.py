@@ -28,17 +28,17 @@ def split_cpu(count):
         )
 
 
-def compose_config(*overrides):
-    """The config `sectrain OVERRIDES...` would run, without the `hydra` node."""
+def compose_config(*overrides, config_name="config"):
+    """The config `sectrain OVERRIDES...` would run (`sectrain-bench` with
+    config_name="bench"), without the `hydra` node."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides))
 
 
-def make_config(*overrides):
+def make_config(*overrides, config_name="config"):
     """A validated `Config`, quiet on the console, for in-process training."""
-    return validate(
-        compose_config("logger.print_config=false", "logger.progress=false", *overrides)
-    )
+    quiet = ("logger.print_config=false", "logger.progress=false")
+    return validate(compose_config(*quiet, *overrides, config_name=config_name))
 
 
 def train_weights(

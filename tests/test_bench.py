@@ -14,8 +14,13 @@ from sectrain.errors import ConfigError
 from tests.helpers import make_config
 
 
+def bench_config(*overrides):
+    """The config that `sectrain-bench OVERRIDES...` measures."""
+    return make_config(*overrides, config_name="bench")
+
+
 def test_variants_are_the_config_with_their_overrides_then_keras_fit():
-    config = make_config("model=se_resnet50", "model.attention.ratio=8")
+    config = bench_config("model=se_resnet50", "model.attention.ratio=8")
     (plain, _, plain_config), (configured, _, se_config), (keras, runner, keras_config) = (
         variant_configs(config)
     )
@@ -24,13 +29,13 @@ def test_variants_are_the_config_with_their_overrides_then_keras_fit():
     assert keras_config is plain_config  # keras.applications is compared with the plain net
     # a model without a keras.applications counterpart has no such variant, nor one that
     # model.options make another network
-    assert [name for name, *_ in variant_configs(make_config())] == ["plain", "configured"]
-    custom = make_config("model=se_resnet50", "+model.options.depths=[2,2,2,2]")
+    assert [name for name, *_ in variant_configs(bench_config())] == ["plain", "configured"]
+    custom = bench_config("model=se_resnet50", "+model.options.depths=[2,2,2,2]")
     assert [name for name, *_ in variant_configs(custom)] == ["plain", "configured"]
-    same = make_config("model=se_resnet50", "+model.options.depths=[3,4,6,3]")  # the defaults
+    same = bench_config("model=se_resnet50", "+model.options.depths=[3,4,6,3]")  # the defaults
     assert [name for name, *_ in variant_configs(same)][-1] == KERAS_FIT
     # variants are removed and added by name
-    config = make_config(
+    config = bench_config(
         "~bench.variants.plain", '+bench.variants.xla=["trainer.jit_compile=true"]'
     )
     assert [(name, c.trainer.jit_compile) for name, _, c in variant_configs(config)] == [
@@ -40,13 +45,13 @@ def test_variants_are_the_config_with_their_overrides_then_keras_fit():
 
 
 def test_a_bad_variant_is_a_config_error_naming_it():
-    config = make_config('+bench.variants.tiny=["model.attention.ratio=0"]')
+    config = bench_config('+bench.variants.tiny=["model.attention.ratio=0"]')
     with pytest.raises(ConfigError, match="bench.variants.tiny: model.attention.ratio: must be"):
         variant_configs(config)
 
 
 def test_a_config_error_in_a_measuring_process_is_one_message(tmp_path):
-    config = make_config("trainer.strategy=mirrored", "trainer.jit_compile=true")
+    config = bench_config("trainer.strategy=mirrored", "trainer.jit_compile=true")
     config.trainer.sync_bn = True  # a combination validation refuses, written unchecked
     config_path = tmp_path / "mirrored_xla.yaml"
     config_path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
@@ -152,7 +157,7 @@ def test_timed_calls_take_turns_reversing_every_other_turn():
 
 def processes_of_a_round(monkeypatch, tmp_path, *overrides):
     """(kind, variant names) of each measuring process of one round, and its results."""
-    config = make_config(
+    config = bench_config(
         "model=se_resnet50",
         '+bench.variants.ratio8=["model.attention.ratio=8"]',
         '+bench.variants.bf16=["trainer.precision=mixed_bfloat16"]',

@@ -158,6 +158,17 @@ def test_valid_command_lines_pass_the_check():
     check_command_line([])
 
 
+def test_bench_settings_belong_to_sectrain_bench_alone():
+    assert make_config().bench is None  # a training run neither prints nor saves them
+    bench = make_config("bench.rounds=2", config_name="bench").bench
+    assert (bench.rounds, list(bench.variants)) == (2, ["plain", "configured"])
+    for args in (["bench.rounds=2"], ["~bench.variants.plain"]):
+        with pytest.raises(ConfigError, match=r"a setting of sectrain-bench; sectrain has no"):
+            check_command_line(args)
+    with pytest.raises(ConfigError, match="bench.rounds: must be at least 1. Received: 0"):
+        check_command_line(["bench.rounds=0"], "bench")
+
+
 def test_a_multi_worker_sweep_needs_a_process_per_job():
     with pytest.raises(ConfigError, match="the jobs of a sweep need a process of their own"):
         check_command_line(["-m", "trainer.strategy=multi_worker", "trainer.seed=0,1"])

@@ -3,7 +3,7 @@ measured side by side in one run.
 
     sectrain-bench model=se_resnet50 data=synthetic_imagenet trainer.global_batch_size=32
 
-Takes every setting `sectrain` takes, plus bench.* (see `sectrain --help`). For each
+Takes every setting `sectrain` takes, plus bench.* (see `sectrain-bench --help`). For each
 variant (by default: the configured model with attention off, then as configured, then
 its keras.applications counterpart trained by model.fit) it measures training images/s
 on a synthetic batch kept on the device and on the real input pipeline, the input
