@@ -38,8 +38,17 @@ def test_help_lists_groups_and_keys_without_importing_tensorflow():
     assert (
         "model: " in result.stdout and "model/attention: eca, none, scse, se, sse" in result.stdout
     )
-    assert "global_batch_size" in result.stdout
+    assert "global_batch_size" in result.stdout and "timed_steps" not in result.stdout
     assert not imported_tensorflow(result)
+
+
+def test_bench_help_names_sectrain_bench_and_its_bench_keys():
+    result = subprocess.run(
+        [sys.executable, "-m", "sectrain.benchmark.cli", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("sectrain-bench: images/s of a config and its variants")
+    assert "timed_steps: 20" in result.stdout and "global_batch_size" in result.stdout
 
 
 def test_version_names_sectrain_and_its_libraries_without_importing_tensorflow():
