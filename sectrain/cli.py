@@ -5,10 +5,12 @@ mistakes answer in well under two seconds.
 """
 
 import argparse
+import contextlib
 import functools
 import importlib.metadata
 import json
 import logging
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -32,7 +34,7 @@ from rich.text import Text
 from sectrain import __version__
 from sectrain.config import check_value, validate
 from sectrain.errors import EXIT_STATUS, ConfigError, unknown_choice
-from sectrain.training.stops import stop_requests
+from sectrain.training.stops import outlive_signals_between_jobs, stop_requests
 from sectrain.training.warm_start import check_init_from
 
 log = logging.getLogger("sectrain")
@@ -41,9 +43,12 @@ EXIT_CONFIG_ERROR = 2
 OTHER_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 SHELL_COMPLETION_FLAGS = ("--shell-completion", "-sc")
 SHELLS = ("bash", "zsh", "fish")
-# This command's sweep, as `SweepReport` records it: its folder, and (run folder,
-# status) of each job that stopped early and let it go on, in the order they stopped
-SWEEP = {"dir": None, "stopped": []}
+# This command's sweep, as `SweepReport` records it: its folder, (run folder, status) of
+# each job that stopped early and let it go on, in the order they stopped, and the signal
+# that stopped a parallel sweep (see `stop_parallel_sweep`)
+SWEEP = {"dir": None, "stopped": [], "signal": None}
+# In a parallel sweep's folder once a signal stopped it: its jobs not yet started skip
+STOP_FILE = "stop_requested"
 # The RunStopped of each run of this process that ran out of device memory: its
 # traceback holds the run's tensors, which are never freed (see `exit_with`)
 OUT_OF_MEMORY = []
@@ -269,37 +274,63 @@ def gpu_for_job(job_num, visible_devices):
     return gpus[job_num % len(gpus)] if len(gpus) > 1 else None
 
 
+def is_parallel(launcher):
+    """Whether the Hydra `launcher` config runs jobs in worker processes on this machine
+    (hydra/launcher=parallel, joblib)."""
+    return "Joblib" in launcher.get("_target_", "")
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def run(cfg) -> float:
     """One training job; returns the best validation top-1 accuracy for sweepers (0 for
     a job of a sweep that stopped early, which lets the sweep go on)."""
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
-    with stop_requests() as stop:  # signals are recorded from here to the end of training
-        # Ctrl-C stops at the end of the setup: inside TensorFlow's import it would leave
-        # that half done, to fail later with an unrelated error
-        with stop.held():
-            config = prepare_job(cfg, hydra_config, run_dir)
-            from sectrain.train import RunStopped, train  # imports TensorFlow
-        try:
-            return train(config, run_dir=run_dir)
-        except ConfigError as error:  # found with the data, devices or folder at hand
-            fail(error)
-        except RunStopped as stopped:
-            message = str(stopped)
-            if stopped.resume_with is not None:
-                message += f". To resume: {resume_command(hydra_config, stopped.resume_with)}"
-            # not wrapped, so that the command can be copied whole
-            status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
-            Console(stderr=True).print(status, soft_wrap=True)
-            if stopped.status == "out_of_memory":
-                OUT_OF_MEMORY.append(stopped)
-            if hydra_config.mode == RunMode.MULTIRUN and stopped.status in EXIT_STATUS:
-                # one job that diverged or ran out of memory does not end a table or a
-                # search: its summary.json says why it stopped (see `SweepReport`); a
-                # sweeper scores it 0
-                return 0.0
-            exit_with(stopped.exit_code)
+    # a worker process of a parallel sweep returns from a stopped job: the sweep's own
+    # process ends the sweep once every job is back (see `stop_parallel_sweep`)
+    parallel = is_parallel(hydra_config.launcher)
+    if parallel:
+        outlive_signals_between_jobs()
+        if (Path(hydra_config.sweep.dir) / STOP_FILE).is_file():
+            log.info("not started: a signal stopped the sweep")
+            return 0.0
+    try:
+        with stop_requests() as stop:  # signals are recorded from here to the end of training
+            # Ctrl-C stops at the end of the setup: inside TensorFlow's import it would
+            # leave that half done, to fail later with an unrelated error
+            with stop.held():
+                config = prepare_job(cfg, hydra_config, run_dir)
+                from sectrain.train import RunStopped, train  # imports TensorFlow
+            try:
+                return train(config, run_dir=run_dir)
+            except ConfigError as error:  # found with the data, devices or folder at hand
+                fail(error)
+            except RunStopped as stopped:
+                return report_stopped_job(stopped, hydra_config, parallel)
+    except KeyboardInterrupt:  # before training, or a second Ctrl-C
+        if not parallel:
+            raise
+        log.info("interrupted before its training began, or at once by a second Ctrl-C")
+        return 0.0
+
+
+def report_stopped_job(stopped, hydra_config, parallel):
+    """Prints why a job stopped early (a `RunStopped`), with the command that resumes it.
+    Returns 0.0 (a sweeper's score) where the sweep goes on, or the sweep's own process
+    ends it; else exits with the job's status."""
+    message = str(stopped)
+    if stopped.resume_with is not None:
+        message += f". To resume: {resume_command(hydra_config, stopped.resume_with)}"
+    # not wrapped, so that the command can be copied whole
+    status = Text.assemble((f"{stopped.status}: ", "bold yellow"), message)
+    Console(stderr=True).print(status, soft_wrap=True)
+    if stopped.status == "out_of_memory":
+        OUT_OF_MEMORY.append(stopped)
+    if hydra_config.mode == RunMode.MULTIRUN and (stopped.status in EXIT_STATUS or parallel):
+        # one job that diverged or ran out of memory does not end a table or a search:
+        # its summary.json says why it stopped (see `SweepReport`); a sweeper scores it 0
+        return 0.0
+    exit_with(stopped.exit_code)
 
 
 def prepare_job(cfg, hydra_config, run_dir):
@@ -312,7 +343,7 @@ def prepare_job(cfg, hydra_config, run_dir):
         fail(error)
     # the first job a worker process runs pins it to one GPU before TensorFlow starts, and
     # later jobs there keep that GPU
-    if "Joblib" in hydra_config.launcher.get("_target_", "") and "tensorflow" not in sys.modules:
+    if is_parallel(hydra_config.launcher) and "tensorflow" not in sys.modules:
         gpu = gpu_for_job(hydra_config.job.num, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if gpu is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
@@ -324,13 +355,23 @@ class SweepReport(Callback):
     """Records in SWEEP the folder of a sweep and, at its end, the jobs that stopped early
     and let it go on. It reads the summary.json files the sweep's jobs wrote, so it sees
     those that ran in other processes (hydra/launcher=parallel) or on other machines
-    (slurm)."""
+    (slurm). In a parallel sweep, SIGINT and SIGTERM go to `stop_parallel_sweep`."""
 
     def on_multirun_start(self, config, **kwargs):
         self.started = time.time()
         SWEEP["dir"] = config.hydra.sweep.dir
+        self.previous = {}
+        if is_parallel(config.hydra.launcher):
+            (Path(SWEEP["dir"]) / STOP_FILE).unlink(missing_ok=True)  # resumed: jobs run
+            self.previous = {
+                s: signal.signal(s, stop_parallel_sweep)
+                for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) != signal.SIG_IGN  # a `sectrain -m ... &` job's SIGINT
+            }
 
     def on_multirun_end(self, config, **kwargs):
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
         summaries = [
             path
             for path in Path(config.hydra.sweep.dir).rglob("summary.json")
@@ -343,6 +384,31 @@ class SweepReport(Callback):
                 continue
             if status in EXIT_STATUS:
                 SWEEP["stopped"].append((str(path.parent), status))
+
+
+def stop_parallel_sweep(signum, frame):
+    """The first SIGINT or SIGTERM to the process of a parallel sweep: its running jobs
+    stop after their step with a checkpoint and a summary.json, as a run alone does, its
+    jobs not yet started skip, and the command then exits with the command that resumes
+    the sweep. Without this the launcher kills the worker processes at once, losing the
+    work since each job's last checkpoint. A second SIGINT stops at once."""
+    if SWEEP["signal"]:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        return
+    SWEEP["signal"] = signum
+    stop_file = Path(SWEEP["dir"]) / STOP_FILE
+    stop_file.parent.mkdir(parents=True, exist_ok=True)
+    stop_file.write_text(signal.Signals(signum).name)
+    # SIGTERM, which a job only records: a worker the terminal's Ctrl-C reached too would
+    # take a second SIGINT for a request to stop at once
+    for worker in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGTERM)
+    Console(stderr=True).print(
+        "stopping: the running jobs save a checkpoint after their step (Ctrl-C again: at once)",
+        soft_wrap=True,
+    )
 
 
 def resume_command(hydra_config, changes=()):
@@ -392,7 +458,7 @@ def run_checked(app, config_name="config"):
     app()
 
 
-@stops_on_ctrl_c  # before training, at a second Ctrl-C during it, or in a parallel sweep
+@stops_on_ctrl_c  # before training, or a second Ctrl-C during it or in a parallel sweep
 def main():
     try:
         run_checked(run)
@@ -401,10 +467,16 @@ def main():
             resume = resume_sweep_command(SWEEP["dir"])
             Console(stderr=True).print(f"To resume: {resume}", soft_wrap=True)
         raise
+    console = Console(stderr=True)
     stopped = SWEEP["stopped"]
     if stopped:  # the sweep went on; its exit status says that not all completed
         listing = ", ".join(f"{folder} ({status})" for folder, status in stopped)
-        Console(stderr=True).print(
-            f"{len(stopped)} job(s) of the sweep stopped early: {listing}", soft_wrap=True
-        )
+        message = f"{len(stopped)} job(s) of the sweep stopped early: {listing}"
+        console.print(message, soft_wrap=True)
+    if SWEEP["signal"]:  # a parallel sweep that a signal stopped, its jobs saved
+        console.print(f"To resume: {resume_sweep_command(SWEEP['dir'])}", soft_wrap=True)
+        name = signal.Signals(SWEEP["signal"]).name
+        console.print(Text.assemble(("interrupted", "bold yellow"), f" by {name}"))
+        exit_with(128 + SWEEP["signal"])
+    if stopped:
         exit_with(EXIT_STATUS[stopped[0][1]])

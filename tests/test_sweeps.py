@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -69,8 +71,9 @@ def test_the_stopped_jobs_of_a_sweep_are_those_it_ran(tmp_path, monkeypatch):
 
     job("0", "diverged")  # from an earlier sweep into the same folder
     os.utime(tmp_path / "0" / "summary.json", (0, 0))
-    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": []})
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": [], "signal": None})
+    launcher = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "launcher": launcher}})
     callback = SweepReport()
     callback.on_multirun_start(config)
     assert cli.SWEEP["dir"] == str(tmp_path)
@@ -94,7 +97,7 @@ def test_ctrl_c_in_a_sweep_names_the_command_that_resumes_it(monkeypatch, capsys
         cli.SWEEP["dir"] = "/runs/a b"  # as the sweep's start records it
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": []})
+    monkeypatch.setattr(cli, "SWEEP", {"dir": None, "stopped": [], "signal": None})
     monkeypatch.setattr(cli, "run_checked", interrupted)
     with pytest.raises(SystemExit) as stop:
         cli.main()
@@ -102,6 +105,55 @@ def test_ctrl_c_in_a_sweep_names_the_command_that_resumes_it(monkeypatch, capsys
     stderr = capsys.readouterr().err
     assert "To resume: the same sweep with hydra.sweep.dir='/runs/a b'" in stderr
     assert "interrupted by Ctrl-C" in stderr
+
+
+@pytest.mark.parametrize(
+    "signalled",
+    ["every process, as a terminal's Ctrl-C", pytest.param("the sweep's", marks=pytest.mark.slow)],
+)
+def test_a_stopped_parallel_sweep_lets_its_jobs_save_then_resumes(tmp_path, signalled):
+    command = [
+        *(sys.executable, "-m", "sectrain", "-m", "hydra/launcher=parallel", RESNET8),
+        *("trainer.seed=0,1,2", "trainer.epochs=6", "trainer.global_batch_size=128"),
+        *("logger.progress=false", f"hydra.sweep.dir={tmp_path}"),
+    ]
+    # its own process group, as a shell makes for a command: a Ctrl-C signals all of it
+    sweep = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = [tmp_path / job / "metrics.jsonl" for job in ("0", "1")]  # jobs 0 and 1 run
+    deadline = time.time() + 300
+    while not all(p.is_file() and p.read_text() for p in metrics) and time.time() < deadline:
+        time.sleep(0.05)
+    if signalled == "the sweep's":  # its jobs hear of it from the sweep's process
+        sweep.send_signal(signal.SIGINT)
+    else:
+        os.killpg(sweep.pid, signal.SIGINT)
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 130, stderr[-3000:]
+    stderr = " ".join(stderr.split())
+    assert f"To resume: the same sweep with hydra.sweep.dir={tmp_path}" in stderr
+    assert stderr.endswith("interrupted by SIGINT")
+    for job in ("0", "1"):  # each saved its last step, as a run alone does
+        summary = json.loads((tmp_path / job / "summary.json").read_text())
+        assert summary["status"] == "interrupted"
+        assert (tmp_path / job / "checkpoints" / f"ckpt-{summary['step']}.index").is_file()
+    assert not (tmp_path / "2" / "summary.json").exists()  # not started: nothing to save
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for job in ("0", "1", "2"):
+        assert json.loads((tmp_path / job / "summary.json").read_text())["status"] == "completed"
+        rows = (tmp_path / job / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(row)["epoch"] for row in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_second_ctrl_c_stops_a_parallel_sweep_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "SWEEP", {"dir": str(tmp_path), "stopped": [], "signal": None})
+    monkeypatch.setattr(cli.multiprocessing, "active_children", lambda: [])  # no workers
+    cli.stop_parallel_sweep(signal.SIGTERM, None)
+    assert cli.SWEEP["signal"] == signal.SIGTERM
+    assert (tmp_path / cli.STOP_FILE).read_text() == "SIGTERM"  # jobs yet to start skip
+    cli.stop_parallel_sweep(signal.SIGTERM, None)  # recorded already
+    with pytest.raises(KeyboardInterrupt):
+        cli.stop_parallel_sweep(signal.SIGINT, None)
 
 
 def test_parallel_jobs_take_gpus_round_robin():

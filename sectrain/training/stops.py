@@ -69,3 +69,19 @@ def stop_requests():
         _active.pop()
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+def _noted_by_the_sweep(signum, frame):
+    """Between the jobs of a worker process: the sweep's own process noted the signal."""
+
+
+def outlive_signals_between_jobs():
+    """Keeps SIGTERM and SIGINT from ending a worker process of a parallel sweep between
+    its jobs: its pool would report it broken, and the launcher would kill the other
+    workers before they save. The sweep's process notes the signal and stops the jobs
+    (see `sectrain.cli.ParallelSweepStop`); a job's own `stop_requests` still hears them.
+    A handler rather than SIG_IGN, which `stop_requests` would keep ignoring; a signal
+    the process was started to ignore stays ignored."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(s) != signal.SIG_IGN:
+            signal.signal(s, _noted_by_the_sweep)
