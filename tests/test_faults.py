@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from sectrain.errors import ConfigError
 from sectrain.loggers.files import prepare_run_dir
-from sectrain.training.stops import stop_requests
+from sectrain.training.stops import outlive_signals_between_jobs, stop_requests
 from tests.helpers import RESNET8, make_config
 from tests.test_cli import sectrain
 from tests.test_inference import write_digit_folder
@@ -184,6 +184,23 @@ def test_a_signal_the_process_ignores_stays_ignored():
             assert stop.signal is None
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_parallel_sweeps_worker_outlives_signals_between_jobs_and_its_jobs_hear_them():
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        outlive_signals_between_jobs()
+        for s in previous:  # between jobs: no KeyboardInterrupt, no end of the process
+            os.kill(os.getpid(), s)
+            time.sleep(0.1)
+        with stop_requests() as stop:  # a job
+            stop.training = True
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            assert stop.signal == signal.SIGINT
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

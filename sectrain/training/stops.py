@@ -79,7 +79,7 @@ def outlive_signals_between_jobs():
     """Keeps SIGTERM and SIGINT from ending a worker process of a parallel sweep between
     its jobs: its pool would report it broken, and the launcher would kill the other
     workers before they save. The sweep's process notes the signal and stops the jobs
-    (see `sectrain.cli.ParallelSweepStop`); a job's own `stop_requests` still hears them.
+    (see `sectrain.cli.stop_parallel_sweep`); a job's own `stop_requests` still hears them.
     A handler rather than SIG_IGN, which `stop_requests` would keep ignoring; a signal
     the process was started to ignore stays ignored."""
     for s in (signal.SIGTERM, signal.SIGINT):
