@@ -34,7 +34,11 @@ from rich.text import Text
 from sectrain import __version__
 from sectrain.config import check_value, validate
 from sectrain.errors import EXIT_STATUS, ConfigError, unknown_choice
-from sectrain.training.stops import outlive_signals_between_jobs, stop_requests
+from sectrain.training.stops import (
+    handle_stop_signals,
+    outlive_signals_between_jobs,
+    stop_requests,
+)
 from sectrain.training.warm_start import check_init_from
 
 log = logging.getLogger("sectrain")
@@ -363,11 +367,7 @@ class SweepReport(Callback):
         self.previous = {}
         if is_parallel(config.hydra.launcher):
             (Path(SWEEP["dir"]) / STOP_FILE).unlink(missing_ok=True)  # resumed: jobs run
-            self.previous = {
-                s: signal.signal(s, stop_parallel_sweep)
-                for s in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(s) != signal.SIG_IGN  # a `sectrain -m ... &` job's SIGINT
-            }
+            self.previous = handle_stop_signals(stop_parallel_sweep)
 
     def on_multirun_end(self, config, **kwargs):
         for s, previous in self.previous.items():

@@ -32,6 +32,17 @@ class StopRequest:
 _active = []  # the request being recorded in this process, if any
 
 
+def handle_stop_signals(handler):
+    """Sets `handler` for SIGTERM and SIGINT, except for one the process was started to
+    ignore (as a shell starts `sectrain ... &` to ignore SIGINT), which stays ignored.
+    Returns the handlers it replaced, by signal."""
+    return {
+        s: signal.signal(s, handler)
+        for s in (signal.SIGTERM, signal.SIGINT)
+        if signal.getsignal(s) != signal.SIG_IGN
+    }
+
+
 @contextmanager
 def stop_requests():
     """Records SIGTERM and SIGINT in the `StopRequest` it yields, until the block ends; a
@@ -55,11 +66,8 @@ def stop_requests():
         if signum == signal.SIGINT and not request.holding and (repeated or not request.training):
             raise KeyboardInterrupt
 
-    # one the process was started to ignore (as a shell starts `sectrain ... &` to ignore
-    # SIGINT) stays ignored
-    watched = [s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) != signal.SIG_IGN]
     try:
-        previous = {s: signal.signal(s, handler) for s in watched}
+        previous = handle_stop_signals(handler)
     except ValueError:  # not the main thread: nobody to deliver signals to us
         previous = {}
     _active.append(request)
@@ -80,8 +88,5 @@ def outlive_signals_between_jobs():
     its jobs: its pool would report it broken, and the launcher would kill the other
     workers before they save. The sweep's process notes the signal and stops the jobs
     (see `sectrain.cli.stop_parallel_sweep`); a job's own `stop_requests` still hears them.
-    A handler rather than SIG_IGN, which `stop_requests` would keep ignoring; a signal
-    the process was started to ignore stays ignored."""
-    for s in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(s) != signal.SIG_IGN:
-            signal.signal(s, _noted_by_the_sweep)
+    A handler rather than SIG_IGN, which `stop_requests` would keep ignoring."""
+    handle_stop_signals(_noted_by_the_sweep)
