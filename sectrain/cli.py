@@ -265,17 +265,25 @@ def _values(override, as_strings=False):
         return []
 
 
-def gpu_for_job(job_num, visible_devices):
-    """The GPU a job of a parallel local sweep takes: round robin over the visible ones
-    (CUDA_VISIBLE_DEVICES, else those nvidia-smi lists); None without several GPUs."""
-    if visible_devices:
-        gpus = visible_devices.split(",")
+def worker_gpu_settings(job_num, n_jobs, visible_devices):
+    """The environment a worker process of a parallel local sweep sets before TensorFlow
+    starts: with several GPUs (CUDA_VISIBLE_DEVICES, else those nvidia-smi lists), the one
+    its first job takes, round robin; and where more workers than GPUs share them, memory
+    growth, since TensorFlow otherwise maps nearly all of a GPU's memory in the first
+    process to use it, leaving none to the others."""
+    if visible_devices is not None:  # set, if only to "" (no GPU)
+        gpus = [gpu for gpu in visible_devices.split(",") if gpu]
     elif shutil.which("nvidia-smi"):
         listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
         gpus = [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
     else:
         gpus = []
-    return gpus[job_num % len(gpus)] if len(gpus) > 1 else None
+    settings = {}
+    if len(gpus) > 1:
+        settings["CUDA_VISIBLE_DEVICES"] = gpus[job_num % len(gpus)]
+    if gpus and (n_jobs < 0 or n_jobs > len(gpus)):  # joblib: -1 = one per CPU core
+        settings["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    return settings
 
 
 def is_parallel(launcher):
@@ -339,19 +347,26 @@ def report_stopped_job(stopped, hydra_config, parallel):
 
 def prepare_job(cfg, hydra_config, run_dir):
     """Validates a job's config (a mistake exits 2) and, in a worker process of
-    hydra/launcher=parallel, pins the process to its GPU. Returns the `Config`."""
+    hydra/launcher=parallel, sets the process's GPU. Returns the `Config`."""
     try:
         config = validate(cfg)
         check_init_from(config, run_dir)
     except ConfigError as error:
         fail(error)
-    # the first job a worker process runs pins it to one GPU before TensorFlow starts, and
-    # later jobs there keep that GPU
+    # the first job a worker process runs sets its GPU before TensorFlow starts, and later
+    # jobs there keep it; a memory-growth setting of the user's own is kept
     if is_parallel(hydra_config.launcher) and "tensorflow" not in sys.modules:
-        gpu = gpu_for_job(hydra_config.job.num, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        if gpu is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-            log.info("this job's worker process runs on GPU %s (CUDA_VISIBLE_DEVICES)", gpu)
+        settings = worker_gpu_settings(
+            hydra_config.job.num,
+            hydra_config.launcher.get("n_jobs", 1),
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
+        if "CUDA_VISIBLE_DEVICES" in settings:
+            os.environ["CUDA_VISIBLE_DEVICES"] = settings["CUDA_VISIBLE_DEVICES"]
+            log.info("this job's worker process runs on GPU %s", settings["CUDA_VISIBLE_DEVICES"])
+        if "TF_FORCE_GPU_ALLOW_GROWTH" in settings:
+            os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+            log.info("workers share GPUs: TensorFlow takes GPU memory as it needs it")
     return config
 
 

@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from sectrain import cli
-from sectrain.cli import SweepReport, gpu_for_job, resume_command
+from sectrain.cli import SweepReport, resume_command, worker_gpu_settings
 from tests.helpers import RESNET8
 from tests.test_cli import sectrain
 
@@ -159,9 +159,16 @@ def test_a_second_ctrl_c_stops_a_parallel_sweep_at_once(tmp_path, monkeypatch):
         cli.stop_parallel_sweep(signal.SIGINT, None)
 
 
-def test_parallel_jobs_take_gpus_round_robin():
-    assert [gpu_for_job(n, "0,1,2") for n in range(4)] == ["0", "1", "2", "0"]
-    assert gpu_for_job(3, "5") is None  # one GPU: nothing to share out
+def test_parallel_jobs_take_gpus_round_robin_and_grow_their_memory_where_they_share_one():
+    settings = [worker_gpu_settings(n, 3, "0,1,2") for n in range(4)]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in settings] == ["0", "1", "2", "0"]
+    assert not any("TF_FORCE_GPU_ALLOW_GROWTH" in s for s in settings)  # a GPU each
+    # two workers on one GPU: nothing to share out, but memory to share
+    assert worker_gpu_settings(1, 2, "5") == {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    assert worker_gpu_settings(1, 1, "5") == {}
+    four_on_two = worker_gpu_settings(3, 4, "0,1")
+    assert four_on_two == {"CUDA_VISIBLE_DEVICES": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    assert "TF_FORCE_GPU_ALLOW_GROWTH" in worker_gpu_settings(0, -1, "0,1")  # a worker per core
 
 
 def test_a_job_validates_its_config_with_tensorflow_unloaded_to_pick_its_gpu():
