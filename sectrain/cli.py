@@ -358,7 +358,7 @@ def prepare_job(cfg, hydra_config, run_dir):
     if is_parallel(hydra_config.launcher) and "tensorflow" not in sys.modules:
         settings = worker_gpu_settings(
             hydra_config.job.num,
-            hydra_config.launcher.get("n_jobs", 1),
+            hydra_config.launcher.get("n_jobs") or 1,  # joblib: None = 1
             os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
         if "CUDA_VISIBLE_DEVICES" in settings:
