@@ -193,6 +193,16 @@ def with_defaults(run_config):
     return OmegaConf.to_container(OmegaConf.merge(defaults, run_config))
 
 
+def run_config_yaml(config: Config) -> str:
+    """A run's config as YAML, as a run prints it and saves it in config.yaml: without the
+    `bench` section where it is unset (sectrain-bench alone sets it). `with_defaults`
+    reads it back whole."""
+    tree = OmegaConf.to_container(OmegaConf.structured(config))
+    if tree["bench"] is None:
+        del tree["bench"]
+    return OmegaConf.to_yaml(tree)
+
+
 def check_xla(jit_compile, sync_bn, mirrored):
     """Raises ConfigError for XLA with batch norm synchronised across the replicas of a
     mirrored strategy: its all-reduce is a `merge_call`, which XLA cannot compile. Checked

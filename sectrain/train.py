@@ -15,11 +15,10 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
-from omegaconf import OmegaConf
 from tensorflow.python.framework import config as tf_config
 
 from sectrain import __version__
-from sectrain.config import check_xla
+from sectrain.config import check_xla, run_config_yaml
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
 from sectrain.errors import EXIT_STATUS, ConfigError
@@ -110,7 +109,7 @@ def train(config, run_dir, console=None):
         started = time.perf_counter()
         run_dir = Path(run_dir)
         t = config.trainer
-        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(config))
+        config_yaml = run_config_yaml(config)
 
         strategy = start_session(t)
         chief = is_chief(strategy)

@@ -133,7 +133,9 @@ def test_one_run_writes_the_whole_run_folder(tmp_path):
         "summary.json",
     }
     assert expected <= {p.name for p in tmp_path.iterdir()}
-    assert "name: cifar_resnet20" in (tmp_path / "config.yaml").read_text()
+    saved_config = (tmp_path / "config.yaml").read_text()
+    assert "name: cifar_resnet20" in saved_config and "bench:" not in saved_config
+    assert "bench:" not in result.stdout  # sectrain-bench's settings
     assert '"val_top1"' in (tmp_path / "sectrain.log").read_text()  # metrics rows in the log
     assert list((tmp_path / "tensorboard").iterdir())
 

@@ -1,9 +1,11 @@
 """The config schema: every shipped option validates; mistakes name key, value, choices."""
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
 from sectrain.cli import check_command_line, check_overrides, config_groups
-from sectrain.config import ATTENTION_KINDS, check_key
+from sectrain.config import ATTENTION_KINDS, check_key, run_config_yaml, with_defaults
 from sectrain.errors import ConfigError
 from tests.helpers import compose_config, make_config
 
@@ -159,7 +161,11 @@ def test_valid_command_lines_pass_the_check():
 
 
 def test_bench_settings_belong_to_sectrain_bench_alone():
-    assert make_config().bench is None  # a training run neither prints nor saves them
+    config = make_config()
+    assert config.bench is None  # a training run neither prints nor saves them
+    saved = yaml.safe_load(run_config_yaml(config))
+    assert "bench" not in saved and saved["paper"] is None
+    assert with_defaults(saved) == OmegaConf.to_container(OmegaConf.structured(config))
     bench = make_config("bench.rounds=2", config_name="bench").bench
     assert (bench.rounds, list(bench.variants)) == (2, ["plain", "configured"])
     for args in (["bench.rounds=2"], ["~bench.variants.plain"]):
