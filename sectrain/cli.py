@@ -364,8 +364,11 @@ def prepare_job(cfg, hydra_config, run_dir):
         if "CUDA_VISIBLE_DEVICES" in settings:
             os.environ["CUDA_VISIBLE_DEVICES"] = settings["CUDA_VISIBLE_DEVICES"]
             log.info("this job's worker process runs on GPU %s", settings["CUDA_VISIBLE_DEVICES"])
-        if "TF_FORCE_GPU_ALLOW_GROWTH" in settings:
-            os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+        if (
+            "TF_FORCE_GPU_ALLOW_GROWTH" in settings
+            and "TF_FORCE_GPU_ALLOW_GROWTH" not in os.environ
+        ):
+            os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
             log.info("workers share GPUs: TensorFlow takes GPU memory as it needs it")
     return config
 
