@@ -15,7 +15,7 @@ from tests.helpers import RESNET8
 
 
 def gpu_memory_mib():
-    """Each visible NVIDIA GPU's memory in MiB (nvidia-smi: this module imports no
+    """Each NVIDIA GPU's memory in MiB, as nvidia-smi lists them (this module imports no
     TensorFlow, which would take the GPUs' memory from the runs it starts)."""
     if not shutil.which("nvidia-smi"):
         return []
@@ -38,12 +38,13 @@ WRN = ("model=se_wrn16_8", "data=synthetic_cifar", "trainer.epochs=1", "logger.p
 
 
 def sectrain(*args, env=None):
+    """Runs `sectrain ARGS...` on the first GPU, unless `env` names others."""
     return subprocess.run(
         [sys.executable, "-m", "sectrain", *args],
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "0", **(env or {})},
     )
 
 
@@ -115,7 +116,6 @@ def test_two_workers_of_a_parallel_sweep_share_one_gpu(tmp_path):
         "model.attention.ratio=8,16",
         "trainer.epochs=1",
         f"hydra.sweep.dir={tmp_path}",
-        env={"CUDA_VISIBLE_DEVICES": "0"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
@@ -124,9 +124,13 @@ def test_two_workers_of_a_parallel_sweep_share_one_gpu(tmp_path):
 
 
 @pytest.mark.skipif(len(GPUS) < 2, reason="needs two GPUs")
-def test_a_mirrored_strategy_trains_over_every_gpu(tmp_path):
+def test_a_mirrored_strategy_trains_over_two_gpus(tmp_path):
     result = sectrain(
-        RESNET8, "trainer.strategy=mirrored", "trainer.epochs=1", f"hydra.run.dir={tmp_path}"
+        RESNET8,
+        "trainer.strategy=mirrored",
+        "trainer.epochs=1",
+        f"hydra.run.dir={tmp_path}",
+        env={"CUDA_VISIBLE_DEVICES": "0,1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert summary(tmp_path)["replicas"] == len(GPUS)
+    assert summary(tmp_path)["replicas"] == 2
