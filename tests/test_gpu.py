@@ -43,7 +43,7 @@ def sectrain(*args, env=None):
         [sys.executable, "-m", "sectrain", *args],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=300,  # each run takes well under this: a hang fails the test, not the session
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "0", **(env or {})},
     )
 
