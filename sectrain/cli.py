@@ -354,21 +354,19 @@ def prepare_job(cfg, hydra_config, run_dir):
     except ConfigError as error:
         fail(error)
     # the first job a worker process runs sets its GPU before TensorFlow starts, and later
-    # jobs there keep it; a memory-growth setting of the user's own is kept
+    # jobs there keep it
     if is_parallel(hydra_config.launcher) and "tensorflow" not in sys.modules:
         settings = worker_gpu_settings(
             hydra_config.job.num,
             hydra_config.launcher.get("n_jobs") or 1,  # joblib: None = 1
             os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
+        if "TF_FORCE_GPU_ALLOW_GROWTH" in os.environ:  # the user's own setting stays
+            settings.pop("TF_FORCE_GPU_ALLOW_GROWTH", None)
+        os.environ.update(settings)
         if "CUDA_VISIBLE_DEVICES" in settings:
-            os.environ["CUDA_VISIBLE_DEVICES"] = settings["CUDA_VISIBLE_DEVICES"]
             log.info("this job's worker process runs on GPU %s", settings["CUDA_VISIBLE_DEVICES"])
-        if (
-            "TF_FORCE_GPU_ALLOW_GROWTH" in settings
-            and "TF_FORCE_GPU_ALLOW_GROWTH" not in os.environ
-        ):
-            os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+        if "TF_FORCE_GPU_ALLOW_GROWTH" in settings:
             log.info("workers share GPUs: TensorFlow takes GPU memory as it needs it")
     return config
 
@@ -457,10 +455,19 @@ def stops_on_ctrl_c(command):
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
-            Console(stderr=True).print(Text.assemble(("interrupted", "bold yellow"), " by Ctrl-C"))
-            exit_with(128 + signal.SIGINT)
+            exit_interrupted(signal.SIGINT, "Ctrl-C")
 
     return main
+
+
+def exit_interrupted(signum, name, sweep_dir=None):
+    """Ends a command that signal `signum` (`name`, as the user knows it) stopped: with
+    the command that resumes its sweep, if it ran one, and status 128 + signum."""
+    console = Console(stderr=True)
+    if sweep_dir:  # its jobs stopped too, those in other processes included
+        console.print(f"To resume: {resume_sweep_command(sweep_dir)}", soft_wrap=True)
+    console.print(Text.assemble(("interrupted", "bold yellow"), f" by {name}"))
+    exit_with(128 + signum)
 
 
 def run_checked(app, config_name="config"):
@@ -481,20 +488,13 @@ def main():
     try:
         run_checked(run)
     except KeyboardInterrupt:
-        if SWEEP["dir"]:  # its jobs stopped too, those in other processes included
-            resume = resume_sweep_command(SWEEP["dir"])
-            Console(stderr=True).print(f"To resume: {resume}", soft_wrap=True)
-        raise
-    console = Console(stderr=True)
+        exit_interrupted(signal.SIGINT, "Ctrl-C", SWEEP["dir"])
     stopped = SWEEP["stopped"]
     if stopped:  # the sweep went on; its exit status says that not all completed
         listing = ", ".join(f"{folder} ({status})" for folder, status in stopped)
         message = f"{len(stopped)} job(s) of the sweep stopped early: {listing}"
-        console.print(message, soft_wrap=True)
+        Console(stderr=True).print(message, soft_wrap=True)
     if SWEEP["signal"]:  # a parallel sweep that a signal stopped, its jobs saved
-        console.print(f"To resume: {resume_sweep_command(SWEEP['dir'])}", soft_wrap=True)
-        name = signal.Signals(SWEEP["signal"]).name
-        console.print(Text.assemble(("interrupted", "bold yellow"), f" by {name}"))
-        exit_with(128 + SWEEP["signal"])
+        exit_interrupted(SWEEP["signal"], signal.Signals(SWEEP["signal"]).name, SWEEP["dir"])
     if stopped:
         exit_with(EXIT_STATUS[stopped[0][1]])
