@@ -173,7 +173,13 @@ def check_overrides(args):
 def check_compositions(parsed, config_name="config"):
     """Validates the config the command line composes: for a sweep, that of every value of
     every swept key (the other keys at their first value). A mistake thus fails before
-    Hydra makes a run folder, and before any job of a sweep trains. Returns the configs."""
+    Hydra makes a run folder, and before any job of a sweep trains. Hydra's own settings
+    (hydra.*) are checked with the first composition. Returns the configs."""
+    hydra_lines = [
+        o.input_line
+        for o in parsed
+        if o.key_or_group.startswith("hydra") and not o.is_sweep_override()
+    ]
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     swept = [o for o in parsed if o.is_sweep_override()]
     first = {id(o): (_values(o, as_strings=True) or [None])[0] for o in swept}
@@ -190,12 +196,15 @@ def check_compositions(parsed, config_name="config"):
                 if other.is_sweep_override()
                 else other.input_line
             )
+        if hydra_lines and not configs:  # e.g. hydra.launcher.n_jobs=abc
+            compose_config([*lines, *hydra_lines], config_name, with_hydra=True)
         configs.append(validate(compose_config(lines, config_name)))
     return configs
 
 
-def compose_config(overrides, config_name="config"):
-    """The config that the `overrides` compose from conf/, not yet validated.
+def compose_config(overrides, config_name="config", with_hydra=False):
+    """The config that the `overrides` compose from conf/, not yet validated; with Hydra's
+    own settings (its `hydra` node) if `with_hydra`.
 
     Raises:
         ConfigError: Hydra cannot apply an override (e.g. one of a key the config does not
@@ -203,7 +212,7 @@ def compose_config(overrides, config_name="config"):
     """
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name, overrides=overrides)
+            return compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
     except HydraException as error:
         lines = str(error).strip().splitlines()
         cause = str(error.__cause__ or "").strip()

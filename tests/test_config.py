@@ -175,6 +175,16 @@ def test_bench_settings_belong_to_sectrain_bench_alone():
         check_command_line(["bench.rounds=0"], "bench")
 
 
+def test_hydra_settings_on_the_command_line_are_checked_before_hydra_starts():
+    with pytest.raises(ConfigError, match="n_jobs=abc: Value 'abc' of type 'str' could not be"):
+        check_command_line(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=abc"])
+    with pytest.raises(ConfigError, match="Could not override 'hydra.launcher.n_jobs'"):
+        check_command_line(["hydra.launcher.n_jobs=3"])  # the default launcher has none
+    check_command_line(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=3"])
+    check_command_line(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3"])
+    check_command_line(["hydra.run.dir=/tmp/run", "hydra.job_logging.root.level=WARNING"])
+
+
 def test_a_multi_worker_sweep_needs_a_process_per_job():
     with pytest.raises(ConfigError, match="the jobs of a sweep need a process of their own"):
         check_command_line(["-m", "trainer.strategy=multi_worker", "trainer.seed=0,1"])
