@@ -45,7 +45,15 @@ log = logging.getLogger("sectrain")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_CONFIG_ERROR = 2
 OTHER_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
-SHELL_COMPLETION_FLAGS = ("--shell-completion", "-sc")
+# Hydra's modes, short and long: a command line takes one at most
+MODE_FLAGS = (
+    ("-m", "--multirun"),
+    ("-r", "--run"),
+    ("-c", "--cfg"),
+    ("-i", "--info"),
+    ("-sc", "--shell-completion"),
+)
+SHELL_COMPLETION_FLAGS = MODE_FLAGS[-1]
 SHELLS = ("bash", "zsh", "fish")
 # This command's sweep, as `SweepReport` records it: its folder, (run folder, status) of
 # each job that stopped early and let it go on, in the order they stopped, and the signal
@@ -175,12 +183,8 @@ def check_compositions(parsed, config_name="config"):
     every swept key (the other keys at their first value). A mistake thus fails before
     Hydra makes a run folder, and before any job of a sweep trains. Hydra's own settings
     (hydra.*) are checked with the first composition. Returns the configs."""
-    hydra_lines = [
-        o.input_line
-        for o in parsed
-        if o.key_or_group.startswith("hydra") and not o.is_sweep_override()
-    ]
-    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
+    hydra_lines = [o.input_line for o in parsed if o.is_hydra_override()]
+    parsed = [o for o in parsed if not o.is_hydra_override()]
     swept = [o for o in parsed if o.is_sweep_override()]
     first = {id(o): (_values(o, as_strings=True) or [None])[0] for o in swept}
     choices = [(o, value) for o in swept for value in _values(o, as_strings=True)]
@@ -235,9 +239,28 @@ def check_shell_completion(args):
         )
 
 
+def check_sweeps(parsed, multirun):
+    """Raises ConfigError for a sweep (`key=a,b`, `range(...)`, ...) outside a multirun,
+    where Hydra would stop once TensorFlow is loaded (its error report reads every module),
+    or for a sweep of Hydra's own settings, which Hydra cannot sweep."""
+    for override in parsed:
+        if not override.is_sweep_override():
+            continue
+        if not multirun:
+            raise ConfigError(
+                f"{override.input_line}: a sweep; add -m to run one job per value "
+                f"(sectrain -m {override.input_line}), or write a list as key=[a,b]"
+            )
+        if override.is_hydra_override():
+            raise ConfigError(f"{override.input_line}: Hydra's own settings cannot be swept")
+
+
 def check_command_line(args, config_name="config"):
     """Raises ConfigError for a mistake in the command line `args` of a Hydra app whose
     primary config is `config_name`."""
+    modes = [flags[1] for flags in MODE_FLAGS if any(a.split("=")[0] in flags for a in args)]
+    if len(modes) > 1:  # Hydra would end in a traceback
+        raise ConfigError(f"{', '.join(modes)}: give one of these at a time")
     if any(a in SHELL_COMPLETION_FLAGS for a in args):
         check_shell_completion(args)  # Hydra then completes a command line; nothing runs
         return
@@ -249,13 +272,14 @@ def check_command_line(args, config_name="config"):
             "its groups there (e.g. conf/experiment/mine.yaml, used as +experiment=mine)"
         )
     parsed = check_overrides(args)
+    check_sweeps(parsed, multirun="--multirun" in modes)
     bench_keys = [o.key_or_group for o in parsed if o.key_or_group.split(".")[0] == "bench"]
     if bench_keys and config_name != "bench":
         raise ConfigError(f"{bench_keys[0]}: a setting of sectrain-bench; sectrain has no bench.*")
     configs = check_compositions(parsed, config_name)
     launcher = next((o.value() for o in parsed if o.key_or_group == "hydra/launcher"), None)
     multi_worker = any(c.trainer.strategy == "multi_worker" for c in configs)
-    if multi_worker and {"-m", "--multirun"} & set(args) and launcher != "slurm":
+    if multi_worker and "--multirun" in modes and launcher != "slurm":
         # TensorFlow sets up a process's communication with the other workers once
         raise ConfigError(
             "trainer.strategy=multi_worker: the jobs of a sweep need a process of their "

@@ -87,6 +87,11 @@ def test_version_names_sectrain_and_its_libraries_without_importing_tensorflow()
         (["--config-dir", "/tmp"], "--config-dir: sectrain reads its configs from"),
         (["-cn=bench"], "-cn: sectrain reads its configs from"),
         (["-sc"], "--shell-completion: takes install=SHELL or uninstall=SHELL"),
+        # a sweep needs -m: Hydra would stop too, but only after loading TensorFlow
+        (["trainer.epochs=1,2"], "trainer.epochs=1,2: a sweep; add -m to run one job per value"),
+        # Hydra's modes exclude each other
+        (["-m", "--cfg", "job"], "--multirun, --cfg: give one of these at a time"),
+        (["--info=config", "-r"], "--run, --info: give one of these at a time"),
     ],
 )
 def test_config_mistakes_exit_2_with_a_message_and_no_traceback(args, message, tmp_path):

@@ -1,5 +1,7 @@
 """The config schema: every shipped option validates; mistakes name key, value, choices."""
 
+import re
+
 import pytest
 import yaml
 from omegaconf import OmegaConf
@@ -139,6 +141,14 @@ def test_command_line_mistakes_are_caught_before_hydra(args, expected):
     assert expected in str(error.value)
 
 
+def test_a_sweep_needs_a_multirun():
+    for sweep in ("trainer.seed=0,1", "trainer.seed=range(3)", "model=se_resnet20,se_resnet50"):
+        with pytest.raises(ConfigError, match=f"{re.escape(sweep)}: a sweep; add -m"):
+            check_command_line([sweep])
+        check_command_line(["--multirun", sweep])
+    check_command_line(["schedule.milestones=[30,60]"])  # a list, not a sweep
+
+
 def test_every_value_of_a_sweep_is_validated_before_any_job_runs():
     with pytest.raises(ConfigError, match="model.attention.ratio: must be at least 1"):
         check_command_line(["-m", "model.attention.ratio=4,0", "trainer.seed=0,1"])
@@ -180,6 +190,8 @@ def test_hydra_settings_on_the_command_line_are_checked_before_hydra_starts():
         check_command_line(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=abc"])
     with pytest.raises(ConfigError, match="Could not override 'hydra.launcher.n_jobs'"):
         check_command_line(["hydra.launcher.n_jobs=3"])  # the default launcher has none
+    with pytest.raises(ConfigError, match="n_jobs=2,3: Hydra's own settings cannot be swept"):
+        check_command_line(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2,3"])
     check_command_line(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=3"])
     check_command_line(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3"])
     check_command_line(["hydra.run.dir=/tmp/run", "hydra.job_logging.root.level=WARNING"])
