@@ -18,10 +18,11 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
 from sectrain import __version__
-from sectrain.config import check_xla, run_config_yaml
+from sectrain.config import AttentionConfig, check_xla, run_config_yaml
 from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
 from sectrain.errors import EXIT_STATUS, ConfigError
+from sectrain.layers.attention import unused_settings
 from sectrain.loggers.console import ConsoleLogger
 from sectrain.loggers.files import FileLogger, prepare_run_dir, write_json
 from sectrain.models import build_model
@@ -134,6 +135,14 @@ def train(config, run_dir, console=None):
         total_steps = t.epochs * steps_per_epoch
 
         attention = asdict(config.model.attention)
+        unused = unused_settings(attention, asdict(AttentionConfig()))
+        for key, value in unused.items():
+            log.warning(
+                "model.attention.%s=%s changes nothing: %s blocks do not take it",
+                key,
+                value,
+                config.model.attention.kind,
+            )
         resumed = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))  # the chief's
         # a resumed run's checkpoint holds its weights: model.init_from is for a fresh start
         model, optimizer, loop = build_trainer(

@@ -10,6 +10,7 @@ from sectrain.layers.attention import (
     EfficientChannelAttention,
     SpatialSqueezeExcite,
     SqueezeExcite,
+    unused_settings,
 )
 
 
@@ -149,3 +150,14 @@ def test_every_attention_layer_saves_and_loads(layer, tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.layers[-1].get_config() == layer.get_config()
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_settings_the_chosen_block_does_not_take_are_found_where_changed():
+    defaults = {"ratio": 16, "squeeze": "avg", "kernel_size": None}
+    assert unused_settings({"kind": "sse", "ratio": 8, "squeeze": "avg"}, defaults) == {"ratio": 8}
+    assert unused_settings({"kind": "se", "ratio": 8, "kernel_size": 5}, defaults) == {
+        "kernel_size": 5
+    }
+    assert unused_settings({"kind": "eca", "ratio": 16, "kernel_size": 5}, defaults) == {}
+    assert unused_settings({"kind": "scse", "ratio": 8, "squeeze": "max"}, defaults) == {}
+    assert unused_settings({"kind": "none", "ratio": 8, "stages": [2]}, defaults) == {}

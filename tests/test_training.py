@@ -266,6 +266,7 @@ def test_xla_defaults_and_what_a_mirrored_strategy_refuses():
             "model.options.depth=10",
             "model.options.width=1",
             "model/attention=eca",
+            "model.attention.ratio=4",  # SE's: ECA has no reduction
         ),
         ("+model.options.depths=[1,1,1]", "+model.options.block=bottleneck"),
         ("model=se_vgg16", "+model.options.depths=[1,1,1,1,1]", "+model.options.fc_width=64"),
@@ -279,9 +280,11 @@ def test_xla_defaults_and_what_a_mirrored_strategy_refuses():
     ],
     ids=["mobilenet_v2", "densenet_bc", "wrn_eca", "custom_resnet", "vgg", "bn_inception", "shake"],
 )
-def test_other_families_train_through_the_same_runner(overrides, tmp_path):
+def test_other_families_train_through_the_same_runner(overrides, tmp_path, caplog):
     config = make_config(*overrides, "trainer.epochs=1", "trainer.global_batch_size=256")
     train(config, tmp_path)
+    unused = "model.attention.ratio=4 changes nothing: eca blocks do not take it"
+    assert (unused in caplog.text) == ("model.attention.ratio=4" in overrides)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert np.isfinite(summary["final"]["train_loss"]) and summary["final"]["val_top1"] > 0
     assert summary["options"] == config.model.options

@@ -258,12 +258,31 @@ class EfficientChannelAttention(layers.Layer):
         return config
 
 
+def _arguments(kind):
+    return inspect.signature(ATTENTION_LAYERS.get(kind).__init__).parameters
+
+
 def make_attention(kind, name, **settings):
     """A new attention layer of the registered `kind`; it takes from `settings` (the
     `model.attention` config) the arguments its constructor has."""
-    layer_class = ATTENTION_LAYERS.get(kind)
-    accepted = inspect.signature(layer_class.__init__).parameters
-    return layer_class(name=name, **{k: v for k, v in settings.items() if k in accepted})
+    accepted = _arguments(kind)
+    settings = {k: v for k, v in settings.items() if k in accepted}
+    return ATTENTION_LAYERS.get(kind)(name=name, **settings)
+
+
+def unused_settings(settings, defaults):
+    """The `model.attention` settings (a dict) that differ from their `defaults` but that
+    the chosen kind of block does not take, so that they change nothing (e.g. a ratio
+    for ECA, which a sweep over kinds of block may give)."""
+    plan = AttentionPlan(settings)
+    if plan.kind == "none":
+        return {}
+    accepted = _arguments(plan.kind)
+    return {
+        key: value
+        for key, value in plan.layer_settings.items()
+        if key not in accepted and value != defaults.get(key)
+    }
 
 
 class AttentionPlan:
