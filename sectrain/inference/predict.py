@@ -82,5 +82,6 @@ def main(argv=None):
         for row in rows:
             writer.writerow([row["file"], *(v for pair in row["top"] for v in pair)])
     (output / "predictions.json").write_text(json.dumps(rows, indent=2) + "\n")
-    console.print(f"{len(rows)} images; predictions in {output}", highlight=False)
+    images = "1 image" if len(rows) == 1 else f"{len(rows)} images"
+    console.print(f"{images}; predictions in {output}", highlight=False)
     return 0
