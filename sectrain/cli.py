@@ -278,6 +278,11 @@ def check_command_line(args, config_name="config"):
         raise ConfigError(f"{bench_keys[0]}: a setting of sectrain-bench; sectrain has no bench.*")
     configs = check_compositions(parsed, config_name)
     launcher = next((o.value() for o in parsed if o.key_or_group == "hydra/launcher"), None)
+    if launcher == "slurm" and "--multirun" in modes and not shutil.which("srun"):
+        raise ConfigError(
+            "hydra/launcher=slurm: submits each job to SLURM, which this machine lacks (no "
+            "srun); run the command on the cluster, or use hydra/launcher=parallel here"
+        )
     multi_worker = any(c.trainer.strategy == "multi_worker" for c in configs)
     if multi_worker and "--multirun" in modes and launcher != "slurm":
         # TensorFlow sets up a process's communication with the other workers once
