@@ -32,6 +32,17 @@ def imported_tensorflow(result):
     return any(name == "tensorflow" or name.startswith("tensorflow.") for name in names)
 
 
+def test_looking_through_the_loaded_modules_does_not_load_tensorflow():
+    # Hydra's error report calls inspect.stack(), which reads every loaded module's file
+    code = (
+        "import inspect, sys; import sectrain.cli, sectrain.models; inspect.stack(); "
+        "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_help_lists_groups_and_keys_without_importing_tensorflow():
     result = sectrain("--help", importtime=True)
     assert result.returncode == 0

@@ -13,8 +13,7 @@ from sectrain.data import IMAGE_EXTENSIONS
 from sectrain.errors import ConfigError
 
 # TensorFlow and Keras are imported where they are used, so that a wrong path is reported
-# before they load (and not lazily: matplotlib would load a lazy "tensorflow" module it
-# finds in sys.modules, to test whether what it plots is a tensor)
+# before they load
 if TYPE_CHECKING:
     import keras
 
