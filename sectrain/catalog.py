@@ -12,9 +12,9 @@ from sectrain.cli import (
     CONFIG_DIR,
     command_parser,
     config_groups,
+    entry_point,
     fail,
     positive_int,
-    stops_on_ctrl_c,
 )
 from sectrain.config import ATTENTION_KINDS
 from sectrain.loggers.console import wide_console
@@ -51,7 +51,7 @@ def matching_models(pattern):
     return sorted({OmegaConf.load(CONFIG_DIR / "model" / f"{c}.yaml").name for c in configs})
 
 
-@stops_on_ctrl_c
+@entry_point
 def main(argv=None):
     parser = command_parser("sectrain-models", __doc__)
     parser.add_argument(

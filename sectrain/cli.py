@@ -484,16 +484,24 @@ def resume_sweep_command(sweep_dir, changes=()):
     return f"the same sweep with {' '.join(overrides)}"
 
 
-def stops_on_ctrl_c(command):
-    """A command's entry point that Ctrl-C ends with "interrupted" and status 130 rather
-    than a traceback (training itself first saves a checkpoint: see `stop_requests`)."""
+def entry_point(command):
+    """A command's entry point, which ends without a traceback where Ctrl-C stops it
+    ("interrupted", status 130; training itself first saves a checkpoint: see
+    `stop_requests`) or where its output's reader has gone (`| head`: status 1, as rich
+    ends its own writes there)."""
 
     @functools.wraps(command)
     def main(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            status = command(*args, **kwargs)
+            sys.stdout.flush()  # a reader gone shows here, not as an error at exit
+            return status
         except KeyboardInterrupt:
             exit_interrupted(signal.SIGINT, "Ctrl-C")
+        except BrokenPipeError:
+            # what is left in stdout's buffer goes nowhere, not into a second error at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            exit_with(1)
 
     return main
 
@@ -521,7 +529,7 @@ def run_checked(app, config_name="config"):
     app()
 
 
-@stops_on_ctrl_c  # before training, or a second Ctrl-C during it or in a parallel sweep
+@entry_point  # before training, or a second Ctrl-C during it or in a parallel sweep
 def main():
     try:
         run_checked(run)

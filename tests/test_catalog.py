@@ -1,6 +1,8 @@
 """`sectrain-models`: the registry's parameters and FLOPs, as a table and as JSON."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -62,3 +64,17 @@ def test_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("sectrain ")
+
+
+@pytest.mark.parametrize("json_output", [True, False], ids=["json", "table"])
+def test_a_reader_gone_ends_the_command_without_a_traceback(json_output):
+    # sectrain-models ... | head: head has exited before the command writes
+    command = "import sys; from sectrain.catalog import main; sys.exit(main())"
+    args = ["cifar_resnet20", "--json"] if json_output else ["cifar_resnet20"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()
+    stderr = process.communicate(timeout=300)[1].decode()
+    assert process.returncode == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from sectrain import __version__
-from sectrain.cli import stops_on_ctrl_c
+from sectrain.cli import entry_point
 from tests.helpers import RESNET8
 
 
@@ -217,7 +217,7 @@ def test_zero_init_last_steadies_se_shufflenet_at_lr_0_1(tmp_path):
 
 
 def test_ctrl_c_ends_a_command_with_a_message_and_status_130(capsys):
-    @stops_on_ctrl_c
+    @entry_point
     def command():
         raise KeyboardInterrupt
 
@@ -226,8 +226,8 @@ def test_ctrl_c_ends_a_command_with_a_message_and_status_130(capsys):
     assert stopped.value.code == 130 and "interrupted by Ctrl-C" in capsys.readouterr().err
 
 
-def test_every_command_stops_on_ctrl_c_without_a_traceback():
+def test_every_command_ends_through_entry_point_without_a_traceback():
     commands = importlib.metadata.distribution("sectrain").entry_points
     assert len(commands) == 7
     for command in commands:
-        assert hasattr(command.load(), "__wrapped__"), command.value  # by stops_on_ctrl_c
+        assert hasattr(command.load(), "__wrapped__"), command.value  # by entry_point

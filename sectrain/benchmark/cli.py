@@ -31,7 +31,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from rich.table import Table
 
-from sectrain.cli import CONFIG_DIR, fail, run_checked, stops_on_ctrl_c
+from sectrain.cli import CONFIG_DIR, entry_point, fail, run_checked
 from sectrain.config import check_value, validate
 from sectrain.errors import ConfigError
 from sectrain.loggers.console import wide_console
@@ -292,7 +292,7 @@ def run(cfg):
         sys.exit(1)
 
 
-@stops_on_ctrl_c
+@entry_point
 def main():
     run_checked(run, "bench")
 

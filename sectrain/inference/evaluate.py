@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sectrain.cli import command_parser, fail, stops_on_ctrl_c
+from sectrain.cli import command_parser, entry_point, fail
 from sectrain.errors import ConfigError
 from sectrain.loggers.console import wide_console
 
@@ -131,7 +131,7 @@ def report_excitations(excitations, metrics, path, console):
     plot_excitations(means, counts, class_names, path.with_suffix(".png"))
 
 
-@stops_on_ctrl_c
+@entry_point
 def main(argv=None):
     parser = command_parser("sectrain-eval", __doc__)
     parser.add_argument("target", help="a run folder or a .keras file")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sectrain.cli import command_parser, fail, stops_on_ctrl_c
+from sectrain.cli import command_parser, entry_point, fail
 from sectrain.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ def export(trained, path):
     archive.write_out(str(path), verbose=False)
 
 
-@stops_on_ctrl_c
+@entry_point
 def main(argv=None):
     parser = command_parser("sectrain-export", __doc__)
     parser.add_argument("run", help="a run folder (with model.keras and summary.json)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sectrain.cli import command_parser, fail, positive_int, stops_on_ctrl_c
+from sectrain.cli import command_parser, entry_point, fail, positive_int
 from sectrain.errors import ConfigError
 from sectrain.loggers.console import wide_console
 
@@ -38,7 +38,7 @@ def predict(trained, files, top_k, batch_size=64):
     return rows, unreadable
 
 
-@stops_on_ctrl_c
+@entry_point
 def main(argv=None):
     parser = command_parser("sectrain-predict", __doc__)
     parser.add_argument("run", help="a run folder (with model.keras and summary.json)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sectrain.cli import command_parser, fail, stops_on_ctrl_c
+from sectrain.cli import command_parser, entry_point, fail
 from sectrain.errors import ConfigError
 from sectrain.loggers.console import wide_console
 from sectrain.reporting.published import lookup
@@ -279,7 +279,7 @@ def report(paths, out_dir, console):
     return rows
 
 
-@stops_on_ctrl_c
+@entry_point
 def main(argv=None):
     parser = command_parser("sectrain-report", __doc__)
     parser.add_argument("paths", nargs="+", help="run folders or folders holding runs")
