@@ -182,9 +182,8 @@ def check_compositions(parsed, config_name="config"):
     """Validates the config the command line composes: for a sweep, that of every value of
     every swept key (the other keys at their first value). A mistake thus fails before
     Hydra makes a run folder, and before any job of a sweep trains. Hydra's own settings
-    (hydra.*) are checked with the first composition. Returns the configs."""
-    hydra_lines = [o.input_line for o in parsed if o.is_hydra_override()]
-    parsed = [o for o in parsed if not o.is_hydra_override()]
+    (hydra.*, never swept: see `check_sweeps`) are composed too, so that Hydra's mistakes
+    in them show here. Returns the configs."""
     swept = [o for o in parsed if o.is_sweep_override()]
     first = {id(o): (_values(o, as_strings=True) or [None])[0] for o in swept}
     choices = [(o, value) for o in swept for value in _values(o, as_strings=True)]
@@ -200,15 +199,13 @@ def check_compositions(parsed, config_name="config"):
                 if other.is_sweep_override()
                 else other.input_line
             )
-        if hydra_lines and not configs:  # e.g. hydra.launcher.n_jobs=abc
-            compose_config([*lines, *hydra_lines], config_name, with_hydra=True)
         configs.append(validate(compose_config(lines, config_name)))
     return configs
 
 
-def compose_config(overrides, config_name="config", with_hydra=False):
-    """The config that the `overrides` compose from conf/, not yet validated; with Hydra's
-    own settings (its `hydra` node) if `with_hydra`.
+def compose_config(overrides, config_name="config"):
+    """The config that the `overrides` compose from conf/ (Hydra's own settings applied to
+    its `hydra` node, which is left out), not yet validated.
 
     Raises:
         ConfigError: Hydra cannot apply an override (e.g. one of a key the config does not
@@ -216,7 +213,7 @@ def compose_config(overrides, config_name="config", with_hydra=False):
     """
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
+            return compose(config_name, overrides=overrides)
     except HydraException as error:
         lines = str(error).strip().splitlines()
         cause = str(error.__cause__ or "").strip()
