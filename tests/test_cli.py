@@ -13,11 +13,16 @@ from sectrain.cli import entry_point
 from tests.helpers import RESNET8
 
 
-def sectrain(*args, importtime=False):
-    """Runs `sectrain ARGS...`; returns the completed process (stdout and stderr as text)."""
+def sectrain(*args, importtime=False, env=None, timeout=600):
+    """Runs `sectrain ARGS...`, with the variables `env` added to the environment; returns
+    the completed process (stdout and stderr as text)."""
     python = [sys.executable, "-X", "importtime"] if importtime else [sys.executable]
     return subprocess.run(
-        [*python, "-m", "sectrain", *args], capture_output=True, text=True, timeout=600
+        [*python, "-m", "sectrain", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 

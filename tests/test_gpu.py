@@ -4,19 +4,18 @@ Run with `pytest -m gpu` on a machine with NVIDIA GPUs; elsewhere they are skipp
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
+from tests import test_cli
 from tests.helpers import RESNET8
 
 
 def gpu_memory_mib():
-    """Each NVIDIA GPU's memory in MiB, as nvidia-smi lists them (this module imports no
-    TensorFlow, which would take the GPUs' memory from the runs it starts)."""
+    """Each NVIDIA GPU's memory in MiB, as nvidia-smi lists them (asked of nvidia-smi, not
+    of TensorFlow, which would take the GPUs' memory from the runs this module starts)."""
     if not shutil.which("nvidia-smi"):
         return []
     query = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
@@ -39,13 +38,9 @@ WRN = ("model=se_wrn16_8", "data=synthetic_cifar", "trainer.epochs=1", "logger.p
 
 def sectrain(*args, env=None):
     """Runs `sectrain ARGS...` on the first GPU, unless `env` names others."""
-    return subprocess.run(
-        [sys.executable, "-m", "sectrain", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,  # each run takes well under this: a hang fails the test, not the session
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "0", **(env or {})},
-    )
+    gpus = {"CUDA_VISIBLE_DEVICES": "0", **(env or {})}
+    # each run takes well under 5 minutes: a hang fails its test, not the session
+    return test_cli.sectrain(*args, env=gpus, timeout=300)
 
 
 def summary(run_dir):
