@@ -259,15 +259,18 @@ class EfficientChannelAttention(layers.Layer):
 
 
 def _arguments(kind):
+    """The arguments of the constructor of the registered attention layer `kind`."""
     return inspect.signature(ATTENTION_LAYERS.get(kind).__init__).parameters
 
 
 def make_attention(kind, name, **settings):
     """A new attention layer of the registered `kind`; it takes from `settings` (the
-    `model.attention` config) the arguments its constructor has."""
+    `model.attention` config) the arguments its constructor has (see `unused_settings`
+    for the others)."""
     accepted = _arguments(kind)
-    settings = {k: v for k, v in settings.items() if k in accepted}
-    return ATTENTION_LAYERS.get(kind)(name=name, **settings)
+    return ATTENTION_LAYERS.get(kind)(
+        name=name, **{k: v for k, v in settings.items() if k in accepted}
+    )
 
 
 def unused_settings(settings, defaults):
