@@ -67,8 +67,9 @@ OUT_OF_MEMORY = []
 
 
 def fail(message):
-    """Prints a user error without a traceback and exits with status 2."""
-    Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(message)))
+    """Prints a user error without a traceback and exits with status 2. The message stays
+    on one line in a pipe or a log, where rich would otherwise wrap it at 80 columns."""
+    Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(message)), soft_wrap=True)
     sys.exit(EXIT_CONFIG_ERROR)
 
 

@@ -108,8 +108,8 @@ def test_a_missing_model_to_start_from_exits_2(tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert not imported_tensorflow(result)  # found before TensorFlow loads
-    message = " ".join(result.stderr.split())  # as the console wraps it
-    assert "model.init_from: '" in message and "is neither a run folder with model.keras" in message
+    error = next(line for line in result.stderr.splitlines() if "model.init_from: '" in line)
+    assert "is neither a run folder with model.keras" in error  # on the same line
 
 
 def test_train_and_val_subfolders_are_used_as_given(tmp_path):

@@ -67,5 +67,5 @@ def main(argv=None):
         export(trained, output)
     except ConfigError as error:
         fail(error)
-    Console().print(f"SavedModel written to {output}", highlight=False)
+    Console().print(f"SavedModel written to {output}", highlight=False, soft_wrap=True)
     return 0
