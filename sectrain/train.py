@@ -19,7 +19,7 @@ from tensorflow.python.framework import config as tf_config
 
 from sectrain import __version__
 from sectrain.config import AttentionConfig, check_xla, run_config_yaml
-from sectrain.data.pipeline import make_pipelines
+from sectrain.data.pipeline import epoch_steps, make_pipelines
 from sectrain.data.sources import load_source
 from sectrain.errors import EXIT_STATUS, ConfigError
 from sectrain.layers.attention import unused_settings
@@ -126,12 +126,7 @@ def train(config, run_dir, console=None):
         parts = batch_parts(t, strategy)
 
         source = load_source(config.data)
-        steps_per_epoch = source.num_train // t.global_batch_size
-        if steps_per_epoch == 0:
-            raise ConfigError(
-                f"trainer.global_batch_size: larger than the {source.num_train} training "
-                f"images. Received: {t.global_batch_size}"
-            )
+        steps_per_epoch = epoch_steps(source, t.global_batch_size)
         total_steps = t.epochs * steps_per_epoch
 
         attention = asdict(config.model.attention)
@@ -170,10 +165,10 @@ def train(config, run_dir, console=None):
                 "resumed from %s at step %d (epoch %d)", resumed, step, step // steps_per_epoch + 1
             )
 
-        # The stream of training examples is a function of the seed: resuming skips what the
-        # restored step has consumed, so the run continues with the very same batches.
+        # The stream of training examples is a function of the seed: resuming starts it at
+        # the restored step, so the run continues with the very same batches.
         train_data, val_data, (mean, std) = make_pipelines(
-            source, config.data, t.global_batch_size, t.seed, skip=step * t.global_batch_size
+            source, config.data, t.global_batch_size, t.seed, start_step=step
         )
         train_iterator = iter(strategy.experimental_distribute_dataset(train_data))
         val_data = strategy.experimental_distribute_dataset(val_data)

@@ -104,6 +104,8 @@ def test_bench_measures_se_plain_and_keras_fit_side_by_side(tmp_path):
             "-m",
             "sectrain.benchmark.cli",
             "model=se_mobilenet",  # has a keras.applications counterpart, builds fast
+            "data=synthetic_cifar",
+            "data.synthetic.images=4",  # fewer than a batch: the pipeline repeats them
             "trainer.global_batch_size=8",
             "bench.warmup_steps=1",
             "bench.timed_steps=2",

@@ -14,8 +14,8 @@ from sectrain.cli import CONFIG_DIR
 from sectrain.config import validate
 from sectrain.data.augment import cutout, random_size_crop
 from sectrain.data.images import centre_crop, eval_image
-from sectrain.data.pipeline import make_pipelines
-from sectrain.data.sources import load_source
+from sectrain.data.pipeline import make_pipelines, training_order
+from sectrain.data.sources import Source, load_source
 from sectrain.reporting.published import lookup
 from sectrain.training.loop import TrainingLoop
 from tests.helpers import compose_config, make_config
@@ -238,6 +238,45 @@ def test_synthetic_data_has_both_recipes_formats():
     cifar = load_source(make_config("data=synthetic_cifar", "data.synthetic.images=4").data)
     image, _ = next(iter(cifar.train))
     assert not cifar.encoded and image.dtype == tf.uint8 and image.shape == (32, 32, 3)
+
+
+def counted_source(count):
+    """A Source of `count` training examples labelled with their index, and the number of
+    examples read from it so far."""
+    reads = tf.Variable(0, dtype=tf.int64)
+
+    def read(image, label):
+        reads.assign_add(1)
+        return image, label
+
+    examples = tf.data.Dataset.from_tensor_slices((np.zeros((count, 8, 8, 1)), np.arange(count)))
+    source = Source(examples.map(read), examples, count, count, count, [], (8, 8, 1))
+    return source, reads
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_each_epoch_is_a_pass_in_its_own_order_and_resuming_reads_no_earlier_epoch(cache):
+    count, batch, steps = 50, 8, 6  # 6 steps an epoch; 2 examples of each pass left out
+    source, reads = counted_source(count)
+    keras.utils.set_random_seed(0)  # as a run with trainer.seed=0 sets it
+    data = make_config(f"data.cache={cache}").data
+
+    def labels(start_step, examples):
+        order = training_order(source, data, batch, seed=3, start_step=start_step)
+        positions, labels = zip(*[(int(i), int(x[1])) for i, x in order.take(examples)])
+        assert positions == tuple(range(start_step * batch, start_step * batch + examples))
+        return list(labels)
+
+    whole = labels(0, 5 * steps * batch)  # five epochs
+    assert reads.numpy() == (count if cache else 5 * count)  # a cache fills in epoch 1
+    epochs = [whole[e * steps * batch : (e + 1) * steps * batch] for e in range(5)]
+    assert all(len(set(epoch)) == steps * batch for epoch in epochs)  # no example twice
+    assert len({tuple(epoch) for epoch in epochs}) == 5  # each epoch in its own order
+    for start_step in (3 * steps, 3 * steps + 2):  # resumed at an epoch's end, and in it
+        reads.assign(0)
+        assert labels(start_step, batch) == whole[start_step * batch :][:batch]
+        # the shuffle buffer holds the whole pass: one pass read, none before it
+        assert reads.numpy() == count
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])

@@ -13,6 +13,7 @@ KIND is one of
   `model.fit`.
 """
 
+import dataclasses
 import json
 import resource
 import statistics
@@ -188,6 +189,11 @@ def measure_resources(config, source):
     result = {}
     result["peak_host_mib"], result["peak_gpu_mib"] = peak_memory()
 
+    # a training set smaller than the batch (a few synthetic images) repeats within an epoch
+    passes = -(-t.global_batch_size // source.num_train)
+    source = dataclasses.replace(
+        source, train=source.train.repeat(passes), num_train=passes * source.num_train
+    )
     train_data, *_ = make_pipelines(source, config.data, t.global_batch_size, t.seed)
     if bench.real_data:
         iterator = iter(strategy.experimental_distribute_dataset(train_data))

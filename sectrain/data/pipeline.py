@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from sectrain.data.augment import augment, cutout, random_size_crop
 from sectrain.data.images import decode_image, eval_image, to_float
+from sectrain.errors import ConfigError
 
 STATS_SAMPLE = 5000  # images used to measure the per-channel mean and std
 STATS_SIZE = (64, 64)  # encoded images are measured at this size
@@ -61,13 +62,57 @@ def eval_pipeline(dataset, source, data, mean, std, batch_size):
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def make_pipelines(source, data, global_batch_size, seed, skip=0):
-    """Returns (train, val, (mean, std)): batched datasets of normalised float32 images
-    and int labels, and the per-channel statistics they are normalised with.
+def epoch_steps(source, global_batch_size):
+    """The steps of an epoch: whole batches of `source`'s training set."""
+    steps = source.num_train // global_batch_size
+    if steps == 0:
+        raise ConfigError(
+            f"trainer.global_batch_size: larger than the {source.num_train} training "
+            f"images. Received: {global_batch_size}"
+        )
+    return steps
 
-    The training stream repeats forever, reshuffled each pass, the same for the same
-    seed; `skip` examples of it are left out (those a resumed run has trained on).
-    Callers take `source.num_train // global_batch_size` steps per epoch.
+
+def training_order(source, data, global_batch_size, seed, start_step=0):
+    """The training examples, endless, as (position, (image, label)) pairs from step
+    `start_step` on; position counts the examples of the stream from step 0.
+
+    Epoch follows epoch, each a pass over the training set in an order of its own (a
+    function of `seed` and the epoch's number) less the first
+    `source.num_train % global_batch_size` examples of that order, so that an epoch is
+    `epoch_steps` whole batches. A resumed run (`start_step` > 0) starts at its step's
+    epoch and reads past only the steps of it already taken: never earlier epochs.
+    """
+    first_epoch, steps_taken = divmod(start_step, epoch_steps(source, global_batch_size))
+    examples = source.train.cache() if data.cache else source.train
+    buffer = min(data.shuffle_buffer, source.num_train)
+    # dropped from the front of each pass, not its end: the pass is then read to its end,
+    # which completes a cache in the first epoch whatever the shuffle buffer
+    remainder = source.num_train % global_batch_size
+
+    def epoch(number):
+        # tf.data pairs a tensor seed with the graph-level seed, and fails where that is 0
+        # (trainer.seed=0; tensorflow#17284); without one, the order depends on `seed` and
+        # the epoch alone
+        tf.compat.v1.get_default_graph().seed = None
+        order_seed = tf.random.stateless_uniform(
+            [], tf.stack([tf.cast(seed, tf.int64), number]), None, None, tf.int64
+        )
+        return examples.shuffle(buffer, seed=order_seed).skip(remainder)
+
+    return (
+        tf.data.Dataset.counter(first_epoch)
+        .flat_map(epoch)
+        .skip(steps_taken * global_batch_size)
+        .enumerate(start=start_step * global_batch_size)
+    )
+
+
+def make_pipelines(source, data, global_batch_size, seed, start_step=0):
+    """Returns (train, val, (mean, std)): batched datasets of normalised float32 images
+    and int labels, and the per-channel statistics they are normalised with. Training
+    batches come in `training_order` from step `start_step`, each example augmented
+    as its position in that order and the seed say.
     """
     mean, std = normalisation(source, data)
     height, width, channels = source.image_shape
@@ -91,13 +136,8 @@ def make_pipelines(source, data, global_batch_size, seed, skip=0):
             )
         return image, label
 
-    train = source.train.cache() if data.cache else source.train
-    train = (
-        train.shuffle(min(data.shuffle_buffer, source.num_train), seed=seed)
-        .repeat()
-        .skip(skip)
-        .enumerate(start=skip)
-        .map(train_example, num_parallel_calls=tf.data.AUTOTUNE)
+    train = training_order(source, data, global_batch_size, seed, start_step).map(
+        train_example, num_parallel_calls=tf.data.AUTOTUNE
     )
     if source.encoded and data.bad_images == "skip":
         train = train.ignore_errors(log_warning=True)  # a file cut short fails only here
