@@ -95,7 +95,7 @@ def training_order(source, data, global_batch_size, seed, start_step=0):
         # (trainer.seed=0; tensorflow#17284); without one, the order depends on `seed` and
         # the epoch alone
         tf.compat.v1.get_default_graph().seed = None
-        order_seed = tf.random.stateless_uniform(
+        order_seed = tf.random.stateless_uniform(  # any int64: minval=maxval=None
             [], tf.stack([tf.cast(seed, tf.int64), number]), None, None, tf.int64
         )
         return examples.shuffle(buffer, seed=order_seed).skip(remainder)
