@@ -168,10 +168,9 @@ def train(config, run_dir, console=None):
         # The stream of training examples is a function of the seed: resuming starts it at
         # the restored step, so the run continues with the very same batches.
         train_data, val_data, (mean, std) = make_pipelines(
-            source, config.data, t.global_batch_size, t.seed, start_step=step
+            source, config.data, t.global_batch_size, t.seed, step, strategy
         )
-        train_iterator = iter(strategy.experimental_distribute_dataset(train_data))
-        val_data = strategy.experimental_distribute_dataset(val_data)
+        train_iterator = iter(train_data)
 
         files = FileLogger(run_dir, tensorboard=config.logger.tensorboard) if chief else None
         rows = files.restart_after(step // steps_per_epoch) if files else []

@@ -65,7 +65,7 @@ def train_weights(
     keras.utils.set_random_seed(0)
     config = make_config("data.augment.pad_crop=0")
     source = load_source(config.data)
-    data, val_data, _ = make_pipelines(source, config.data, global_batch, seed=0)
+    data, val_data, _ = make_pipelines(source, config.data, global_batch, 0, strategy=strategy)
     with strategy.scope():
         model = build_model(
             "cifar_resnet20",
@@ -88,13 +88,13 @@ def train_weights(
         micro_batches=micro_batches,
         ema_decay=ema_decay,
     )
-    iterator = iter(strategy.experimental_distribute_dataset(data))
+    iterator = iter(data)
     losses = []
     for _ in range(steps // steps_per_call):
         loop.reset("train")
         loop.train_steps(iterator, tf.constant(steps_per_call))
         losses.append(loop.results("train")["loss"])
     if evaluate:
-        loop.evaluate(strategy.experimental_distribute_dataset(val_data))
+        loop.evaluate(val_data)
     keras.mixed_precision.set_dtype_policy("float32")
     return loop, initial, [v.numpy() for v in model.variables], losses

@@ -14,7 +14,7 @@ from sectrain.cli import CONFIG_DIR
 from sectrain.config import validate
 from sectrain.data.augment import cutout, random_size_crop
 from sectrain.data.images import centre_crop, eval_image
-from sectrain.data.pipeline import make_pipelines, training_order
+from sectrain.data.pipeline import make_pipelines, train_pipeline, training_order
 from sectrain.data.sources import Source, load_source
 from sectrain.reporting.published import lookup
 from sectrain.training.loop import TrainingLoop
@@ -277,6 +277,27 @@ def test_each_epoch_is_a_pass_in_its_own_order_and_resuming_reads_no_earlier_epo
         assert labels(start_step, batch) == whole[start_step * batch :][:batch]
         # the shuffle buffer holds the whole pass: one pass read, none before it
         assert reads.numpy() == count
+
+
+def test_each_workers_pipeline_takes_its_replicas_part_of_every_global_batch():
+    count, batch, workers, replicas = 50, 8, 2, 4  # two replicas on each worker
+    source, _ = counted_source(count)
+    data = make_config().data
+
+    def labels(context=None, steps=4):
+        pipeline = train_pipeline(source, data, batch, 3, [0.0], [1.0], 2, context)
+        return [b[1].numpy().tolist() for b in pipeline.take(steps)]
+
+    whole = labels()  # global batches of 8 from step 2
+    parts = [
+        labels(tf.distribute.InputContext(workers, worker, replicas), steps=8)
+        for worker in range(workers)
+    ]
+    for step, global_batch in enumerate(whole):
+        # a worker's replicas take consecutive per-replica batches of its pipeline
+        got = [parts[w][2 * step + r] for w in range(workers) for r in range(2)]
+        assert [len(part) for part in got] == [2, 2, 2, 2]
+        assert sum(got, []) == global_batch
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])

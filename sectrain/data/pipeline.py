@@ -108,20 +108,29 @@ def training_order(source, data, global_batch_size, seed, start_step=0):
     )
 
 
-def make_pipelines(source, data, global_batch_size, seed, start_step=0):
-    """Returns (train, val, (mean, std)): batched datasets of normalised float32 images
-    and int labels, and the per-channel statistics they are normalised with. Training
-    batches come in `training_order` from step `start_step`, each example augmented
-    as its position in that order and the seed say.
+def train_pipeline(source, data, global_batch_size, seed, mean, std, start_step=0, context=None):
+    """Batches of normalised float32 training images and int labels in `training_order`
+    from step `start_step`, each example augmented as its position and `seed` say.
+
+    Without `context`, whole global batches. With `context` (the tf.distribute.InputContext
+    of one input pipeline, one per worker), the part of every global batch that its
+    replicas train on, in batches of one replica's share: the other workers' examples
+    are passed over before they are decoded and augmented.
     """
-    mean, std = normalisation(source, data)
     height, width, channels = source.image_shape
     a = data.augment
+    pipelines = context.num_input_pipelines if context else 1
+    pipeline = context.input_pipeline_id if context else 0
+    share = global_batch_size // pipelines  # this pipeline's part of each global batch
+    batch = context.get_per_replica_batch_size(global_batch_size) if context else share
 
-    def train_example(index, example):
+    def ours(position, example):
+        return position % global_batch_size // share == pipeline
+
+    def train_example(position, example):
         image, label = example
         crop_seed, augment_seed = tf.unstack(
-            tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), index]), 2)
+            tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), position]), 2)
         )
         if a.scale is not None:
             image = random_size_crop(
@@ -136,14 +145,37 @@ def make_pipelines(source, data, global_batch_size, seed, start_step=0):
             )
         return image, label
 
-    train = training_order(source, data, global_batch_size, seed, start_step).map(
-        train_example, num_parallel_calls=tf.data.AUTOTUNE
-    )
+    train = training_order(source, data, global_batch_size, seed, start_step)
+    if pipelines > 1:
+        train = train.filter(ours)
+    train = train.map(train_example, num_parallel_calls=tf.data.AUTOTUNE)
     if source.encoded and data.bad_images == "skip":
         train = train.ignore_errors(log_warning=True)  # a file cut short fails only here
-    train = train.batch(global_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    val = eval_pipeline(source.val, source, data, mean, std, global_batch_size)
-    # Across workers, each keeps its part of every batch: all read the same seeded order.
+    return train.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def make_pipelines(source, data, global_batch_size, seed, start_step=0, strategy=None):
+    """Returns (train, val, (mean, std)): the `train_pipeline` from step `start_step`
+    and the `eval_pipeline` of the validation set, in global batches, and the per-channel
+    statistics they are normalised with.
+
+    With `strategy`, both are distributed over its replicas: the training data by one
+    `train_pipeline` per worker, the validation data by every worker reading it all and
+    keeping its part of each batch.
+    """
+    mean, std = normalisation(source, data)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return train.with_options(options), val.with_options(options), (mean, std)
+    val = eval_pipeline(source.val, source, data, mean, std, global_batch_size)
+    val = val.with_options(options)
+
+    def train(context=None):
+        return train_pipeline(source, data, global_batch_size, seed, mean, std, start_step, context)
+
+    if strategy is None:
+        return train(), val, (mean, std)
+    return (
+        strategy.distribute_datasets_from_function(train),
+        strategy.experimental_distribute_dataset(val),
+        (mean, std),
+    )
