@@ -14,7 +14,7 @@ from sectrain.cli import CONFIG_DIR
 from sectrain.config import validate
 from sectrain.data.augment import cutout, random_size_crop
 from sectrain.data.images import centre_crop, eval_image
-from sectrain.data.pipeline import make_pipelines, train_pipeline, training_order
+from sectrain.data.pipeline import make_pipelines, train_pipeline, training_order, val_pipeline
 from sectrain.data.sources import Source, load_source
 from sectrain.reporting.published import lookup
 from sectrain.training.loop import TrainingLoop
@@ -147,7 +147,7 @@ def test_recipe_pipelines_build_on_mock_data(experiment, size, channels):
         source = load_source(config.data)
         train, val, (mean, std) = make_pipelines(source, config.data, 4, seed=0)
         images, labels = next(iter(train))
-        val_images, _ = next(iter(val))
+        val_images, _, _ = next(iter(val))
     assert source.encoded == (size > 32)  # ImageNet crops full images
     assert images.shape == (4, size, size, channels) and val_images.shape == images.shape
     assert labels.shape == (4,) and int(tf.reduce_max(labels)) < source.num_classes
@@ -298,6 +298,34 @@ def test_each_workers_pipeline_takes_its_replicas_part_of_every_global_batch():
         got = [parts[w][2 * step + r] for w in range(workers) for r in range(2)]
         assert [len(part) for part in got] == [2, 2, 2, 2]
         assert sum(got, []) == global_batch
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_validation_is_padded_to_whole_batches_and_split_among_workers(cache):
+    count, batch, workers, replicas = 50, 8, 2, 4  # 7 global batches: 50 images, 6 blanks
+    source, _ = counted_source(count)
+    data = make_config(f"data.cache={cache}").data
+
+    def batches(context=None):
+        pipeline = val_pipeline(source, data, batch, [0.0], [1.0], context)
+        passes = [[[x.tolist() for x in b[1:]] for b in pipeline.as_numpy_iterator()]]
+        passes.append([[x.tolist() for x in b[1:]] for b in pipeline.as_numpy_iterator()])
+        assert passes[0] == passes[1]  # and so each epoch (a cache is read from)
+        return passes[0]
+
+    whole = batches()
+    assert len(whole) == 7 and all(len(labels) == batch for labels, _ in whole)
+    labels, weights = (sum(column, []) for column in zip(*whole))
+    assert labels[:count] == list(range(count)) and weights == [1.0] * count + [0.0] * 6
+    parts = [
+        batches(tf.distribute.InputContext(workers, worker, replicas)) for worker in range(workers)
+    ]
+    # as many batches on each worker, though the last global batch holds images of the
+    # first worker's replicas only
+    assert [len(part) for part in parts] == [2 * 7, 2 * 7]
+    for step, (labels, weights) in enumerate(whole):
+        got = [parts[w][2 * step + r] for w in range(workers) for r in range(2)]
+        assert [sum(column, []) for column in zip(*got)] == [labels, weights]
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])

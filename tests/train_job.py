@@ -1,7 +1,8 @@
 """Trains a small SE-ResNet (`helpers.train_weights`) in a process of its own, as a
 worker of the multi-worker tests (TF_CONFIG names the worker), and saves its initial and
-final weights (and which are trainable), its training losses, its validation loss and
-what XLA compiled, as OUT_DIR/run.npz:
+final weights (and which are trainable), its training losses, its validation loss, that
+of its final weights over the whole validation set in this process alone, and what XLA
+compiled, as OUT_DIR/run.npz:
 
     python -m tests.train_job OUT_DIR STRATEGY [--steps N] [--steps-per-call N]
         [--no-sync-bn] [--jit]
@@ -22,7 +23,11 @@ if __name__ == "__main__":
     parser.add_argument("--jit", action="store_true", help="XLA")
     args = parser.parse_args()
 
-    from tests.helpers import train_weights
+    import keras
+
+    from sectrain.data.pipeline import make_pipelines
+    from sectrain.data.sources import load_source
+    from tests.helpers import make_config, train_weights
 
     args.output.mkdir(parents=True, exist_ok=True)
     loop, initial, weights, losses = train_weights(
@@ -33,6 +38,12 @@ if __name__ == "__main__":
         jit_compile=args.jit,
         evaluate=True,
     )
+    # the validation set in this process alone: the padded batches less their blanks
+    config = make_config()
+    _, val, _ = make_pipelines(load_source(config.data), config.data, 16, 0)
+    images, labels, real = (np.concatenate(parts) for parts in zip(*val.as_numpy_iterator()))
+    logits = loop.model(images[real == 1], training=False)
+    whole_val_loss = keras.losses.sparse_categorical_crossentropy(labels[real == 1], logits, True)
     np.savez(
         args.output / "run.npz",
         **{f"initial_{i}": w for i, w in enumerate(initial)},
@@ -40,6 +51,7 @@ if __name__ == "__main__":
         trainable=np.array([v.trainable for v in loop.model.variables]),
         losses=np.array(losses),
         val_loss=loop.results("val")["loss"],
+        whole_val_loss=float(np.mean(whole_val_loss)),
         replicas=loop.strategy.num_replicas_in_sync,
         xla=loop.xla,
     )

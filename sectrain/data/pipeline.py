@@ -45,9 +45,10 @@ def normalise(image, mean, std):
     return (to_float(image) - np.float32(mean)) / np.float32(std)
 
 
-def eval_pipeline(dataset, source, data, mean, std, batch_size):
-    """Normalised, batched, prefetched (image, label) pairs in the data set's order,
-    centre-cropped as `data.eval_crop` says."""
+def eval_examples(dataset, source, data, mean, std):
+    """`dataset`'s (image, label) pairs as the model is evaluated on them: centre-cropped
+    as `data.eval_crop` says and normalised; unreadable files skipped where
+    `data.bad_images` says so."""
     height, width, channels = source.image_shape
 
     def example(image, label):
@@ -57,6 +58,12 @@ def eval_pipeline(dataset, source, data, mean, std, batch_size):
     dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE)
     if source.encoded and data.bad_images == "skip":
         dataset = dataset.ignore_errors(log_warning=True)
+    return dataset
+
+
+def eval_pipeline(dataset, source, data, mean, std, batch_size):
+    """`eval_examples` of `dataset` in its order, batched and prefetched."""
+    dataset = eval_examples(dataset, source, data, mean, std)
     if data.cache and not source.encoded:
         dataset = dataset.cache()
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -108,24 +115,39 @@ def training_order(source, data, global_batch_size, seed, start_step=0):
     )
 
 
+def pipeline_part(global_batch_size, context=None):
+    """How the input pipeline of `context` (a tf.distribute.InputContext; None: the only
+    pipeline) divides a stream into global batches. Returns (ours, batch): ours(position)
+    says whether the example at that position of the stream falls in this pipeline's
+    part of its global batch (None: all do), and batch is the size of the batches this
+    pipeline yields, one replica's share of a global batch or, without `context`, all of
+    it. Parts are consecutive: pipeline i takes positions [i * share, (i + 1) * share) of
+    each global batch, where share = global_batch_size / pipelines."""
+    if context is None:
+        return None, global_batch_size
+    batch = context.get_per_replica_batch_size(global_batch_size)
+    if context.num_input_pipelines == 1:
+        return None, batch
+    share = global_batch_size // context.num_input_pipelines
+
+    def ours(position, _):
+        return position % global_batch_size // share == context.input_pipeline_id
+
+    return ours, batch
+
+
 def train_pipeline(source, data, global_batch_size, seed, mean, std, start_step=0, context=None):
     """Batches of normalised float32 training images and int labels in `training_order`
     from step `start_step`, each example augmented as its position and `seed` say.
 
     Without `context`, whole global batches. With `context` (the tf.distribute.InputContext
     of one input pipeline, one per worker), the part of every global batch that its
-    replicas train on, in batches of one replica's share: the other workers' examples
-    are passed over before they are decoded and augmented.
+    replicas train on, in batches of one replica's share (`pipeline_part`): the other
+    workers' examples are passed over before they are decoded and augmented.
     """
     height, width, channels = source.image_shape
     a = data.augment
-    pipelines = context.num_input_pipelines if context else 1
-    pipeline = context.input_pipeline_id if context else 0
-    share = global_batch_size // pipelines  # this pipeline's part of each global batch
-    batch = context.get_per_replica_batch_size(global_batch_size) if context else share
-
-    def ours(position, example):
-        return position % global_batch_size // share == pipeline
+    ours, batch = pipeline_part(global_batch_size, context)
 
     def train_example(position, example):
         image, label = example
@@ -146,7 +168,7 @@ def train_pipeline(source, data, global_batch_size, seed, mean, std, start_step=
         return image, label
 
     train = training_order(source, data, global_batch_size, seed, start_step)
-    if pipelines > 1:
+    if ours:
         train = train.filter(ours)
     train = train.map(train_example, num_parallel_calls=tf.data.AUTOTUNE)
     if source.encoded and data.bad_images == "skip":
@@ -154,28 +176,56 @@ def train_pipeline(source, data, global_batch_size, seed, mean, std, start_step=
     return train.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def val_pipeline(source, data, global_batch_size, mean, std, context=None):
+    """The validation set's `eval_examples` in its order, as batches of (image, label,
+    weight): weight 1, then blank images of weight 0 up to a whole number of global
+    batches. Without `context`, global batches; with `context`, one input pipeline's
+    part of each (`pipeline_part`), the only part that pipeline decodes.
+
+    The padding gives every pipeline as many batches, all of one shape: a worker left
+    without images in the last global batch still takes its part in that step, and XLA
+    compiles one evaluation step, not two.
+    """
+    ours, batch = pipeline_part(global_batch_size, context)
+    pipelines = context.num_input_pipelines if context else 1
+    steps = -(-source.num_val // global_batch_size)
+    val = source.val
+    if ours:
+        val = val.enumerate().filter(ours).map(lambda _, example: example)
+    label = val.element_spec[1]
+    blank = (tf.zeros(source.image_shape), tf.zeros(label.shape, label.dtype), 0.0)
+    val = (
+        eval_examples(val, source, data, mean, std)
+        .map(lambda image, label: (image, label, 1.0))
+        # endless: the count stays right where bad_images=skip drops a file
+        .concatenate(tf.data.Dataset.from_tensors(blank).repeat())
+        .take(steps * global_batch_size // pipelines)
+    )
+    if data.cache and not source.encoded:  # after take: each epoch reads it to its end
+        val = val.cache()
+    return val.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
 def make_pipelines(source, data, global_batch_size, seed, start_step=0, strategy=None):
     """Returns (train, val, (mean, std)): the `train_pipeline` from step `start_step`
-    and the `eval_pipeline` of the validation set, in global batches, and the per-channel
-    statistics they are normalised with.
+    and the `val_pipeline`, in global batches, and the per-channel statistics they are
+    normalised with.
 
-    With `strategy`, both are distributed over its replicas: the training data by one
-    `train_pipeline` per worker, the validation data by every worker reading it all and
-    keeping its part of each batch.
+    With `strategy`, both are distributed over its replicas, by one input pipeline per
+    worker that decodes only the part of each batch that its replicas take.
     """
     mean, std = normalisation(source, data)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    val = eval_pipeline(source.val, source, data, mean, std, global_batch_size)
-    val = val.with_options(options)
 
     def train(context=None):
         return train_pipeline(source, data, global_batch_size, seed, mean, std, start_step, context)
 
+    def val(context=None):
+        return val_pipeline(source, data, global_batch_size, mean, std, context)
+
     if strategy is None:
-        return train(), val, (mean, std)
+        return train(), val(), (mean, std)
     return (
         strategy.distribute_datasets_from_function(train),
-        strategy.experimental_distribute_dataset(val),
+        strategy.distribute_datasets_from_function(val),
         (mean, std),
     )

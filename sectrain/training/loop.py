@@ -99,11 +99,11 @@ class TrainingLoop:
         self._train_replica = tf.function(self._train_replica_step, jit_compile=self.xla == "step")
         self._eval_replica = tf.function(self._eval_replica_step, jit_compile=self.xla == "step")
 
-    def _update(self, split, labels, logits, per_example_loss):
+    def _update(self, split, labels, logits, per_example_loss, weights=None):
         metrics = self.metrics[split]
-        metrics["loss"].update_state(per_example_loss)
-        metrics["top1"].update_state(labels, logits)
-        metrics["top5"].update_state(labels, logits)
+        metrics["loss"].update_state(per_example_loss, weights)
+        metrics["top1"].update_state(labels, logits, weights)
+        metrics["top5"].update_state(labels, logits, weights)
 
     def _replica_gradients(self, images, labels):
         """The forward and backward pass: gradients, logits and per-example losses."""
@@ -145,10 +145,10 @@ class TrainingLoop:
     def _replica_logits(self, images):
         return self.model(images, training=False)
 
-    def _eval_replica_step(self, images, labels):
+    def _eval_replica_step(self, images, labels, weights):
         logits = self._logits(images)
         per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        self._update("val", labels, logits, per_example)
+        self._update("val", labels, logits, per_example, weights)
 
     @tf.function
     def train_steps(self, iterator, num_steps):
@@ -187,12 +187,13 @@ class TrainingLoop:
 
     @tf.function
     def _evaluate(self, dataset):
-        for images, labels in dataset:
-            self.strategy.run(self._eval_replica, args=(images, labels))
+        for batch in dataset:
+            self.strategy.run(self._eval_replica, args=batch)
 
     def evaluate(self, distributed_dataset):
-        """Evaluates on a distributed data set, with the averaged weights if the loop keeps
-        them; returns {"loss", "top1", "top5"}."""
+        """Evaluates on a distributed data set of (images, labels, weights) batches (see
+        `sectrain.data.pipeline.val_pipeline`), with the averaged weights if the loop
+        keeps them; returns {"loss", "top1", "top5"}, means weighted by `weights`."""
         self.reset("val")
         with self.averaged_weights():
             self._evaluate(distributed_dataset)
