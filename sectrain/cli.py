@@ -54,6 +54,8 @@ MODE_FLAGS = (
     ("-sc", "--shell-completion"),
 )
 SHELL_COMPLETION_FLAGS = MODE_FLAGS[-1]
+# Hydra's modes that print and run nothing
+PRINTING_FLAGS = ("-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
 SHELLS = ("bash", "zsh", "fish")
 # This command's sweep, as `SweepReport` records it: its folder, (run folder, status) of
 # each job that stopped early and let it go on, in the order they stopped, and the signal
@@ -524,6 +526,10 @@ def run_checked(app, config_name="config"):
         check_command_line(sys.argv[1:], config_name)
     except ConfigError as error:
         fail(error)
+    if any(a.split("=")[0] in PRINTING_FLAGS + SHELL_COMPLETION_FLAGS for a in sys.argv[1:]):
+        # a reader gone (| head) ends the command quietly, as it ends other Unix filters;
+        # Hydra would report each failed write with a traceback
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()
 
 

@@ -3,6 +3,7 @@
 import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -56,6 +57,20 @@ def test_help_lists_groups_and_keys_without_importing_tensorflow():
     )
     assert "global_batch_size" in result.stdout and "timed_steps" not in result.stdout
     assert not imported_tensorflow(result)
+
+
+@pytest.mark.parametrize(
+    "args", [["--info"], ["--cfg", "job"], ["--help"], ["-sc", "install=bash"]]
+)
+def test_a_reader_gone_ends_hydras_output_without_a_traceback(args):
+    # sectrain --info | head, head gone before Hydra writes
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sectrain", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()
+    stderr = process.communicate(timeout=300)[1].decode()
+    assert process.returncode == -signal.SIGPIPE  # as `cat FILE | head` ends cat
+    assert stderr == ""
 
 
 def test_bench_help_names_sectrain_bench_and_its_bench_keys():
