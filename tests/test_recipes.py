@@ -379,3 +379,17 @@ def test_imagenet_without_its_archives_says_where_they_go(tmp_path):
         ConfigError, match="(?s)'imagenet2012' could not be prepared.*ILSVRC2012_img_train.tar"
     ):
         load_source(config.data)
+
+
+def test_a_failed_download_says_how_to_train_without_internet(tmp_path, monkeypatch):
+    import requests
+
+    from sectrain.errors import ConfigError
+
+    def offline(*args, **kwargs):  # what TFDS raises once its retries are spent
+        raise requests.ConnectionError("Max retries exceeded with url: /cifar-10-binary.tar.gz")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    config = make_config("data=cifar10", f"data.data_dir={tmp_path}")
+    with pytest.raises(ConfigError, match="Max retries exceeded.*Without internet here"):
+        load_source(config.data)

@@ -83,7 +83,16 @@ def load_tfds(data):
     try:
         builder.download_and_prepare(download_config=manual)
     except (AssertionError, OSError) as error:  # e.g. archives missing from manual_dir
-        raise ConfigError(f"data.name: {data.name!r} could not be prepared: {error}") from None
+        import requests  # what TFDS downloads with
+
+        message = f"data.name: {data.name!r} could not be prepared: {error}"
+        if isinstance(error, requests.ConnectionError):  # after TFDS's retries: minutes
+            message += (
+                ". Without internet here: run sectrain with data.data_dir=DIR on a machine "
+                "that has it (the data downloads before training starts), then here with "
+                "data.data_dir=DIR, DIR copied or shared"
+            )
+        raise ConfigError(message) from None
     info = builder.info
     if "image" not in info.features or "label" not in info.features:
         raise ConfigError(f"data.name: {data.name!r} has no 'image' and 'label' features")
