@@ -1,5 +1,6 @@
 """The paper's recipes (conf/experiment), their data pipelines and label smoothing."""
 
+import dataclasses
 from pathlib import Path
 
 import keras
@@ -303,17 +304,20 @@ def test_each_workers_pipeline_takes_its_replicas_part_of_every_global_batch():
 @pytest.mark.parametrize("cache", [True, False])
 def test_validation_is_padded_to_whole_batches_and_split_among_workers(cache):
     count, batch, workers, replicas = 50, 8, 2, 4  # 7 global batches: 50 images, 6 blanks
-    source, _ = counted_source(count)
+    source, reads = counted_source(count)
+    source = dataclasses.replace(source, val=source.train)  # validation reads counted
     data = make_config(f"data.cache={cache}").data
 
     def batches(context=None):
         pipeline = val_pipeline(source, data, batch, [0.0], [1.0], context)
-        passes = [[[x.tolist() for x in b[1:]] for b in pipeline.as_numpy_iterator()]]
-        passes.append([[x.tolist() for x in b[1:]] for b in pipeline.as_numpy_iterator()])
-        assert passes[0] == passes[1]  # and so each epoch (a cache is read from)
-        return passes[0]
+        first, second = (
+            [[x.tolist() for x in b[1:]] for b in pipeline.as_numpy_iterator()] for _ in range(2)
+        )
+        assert first == second  # (labels, weights) of each batch: the same every epoch
+        return first
 
     whole = batches()
+    assert reads.numpy() == (count if cache else 2 * count)  # the cache filled in epoch 1
     assert len(whole) == 7 and all(len(labels) == batch for labels, _ in whole)
     labels, weights = (sum(column, []) for column in zip(*whole))
     assert labels[:count] == list(range(count)) and weights == [1.0] * count + [0.0] * 6
