@@ -332,6 +332,24 @@ def test_validation_is_padded_to_whole_batches_and_split_among_workers(cache):
         assert [sum(column, []) for column in zip(*got)] == [labels, weights]
 
 
+def test_a_validation_file_cut_short_is_skipped_and_every_worker_keeps_its_batches():
+    images = [tf.io.encode_png(gradient_image(16, 16)).numpy() for _ in range(10)]
+    images[3] = images[3][: len(images[3]) // 2]  # a PNG's first bytes, then nothing
+    examples = tf.data.Dataset.from_tensor_slices((images, np.arange(10)))
+    source = Source(examples, examples, 10, 10, 10, [], (8, 8, 3), encoded=True)
+    data = make_config("data.bad_images=skip").data
+
+    def batches(context=None):  # 3 global batches of 4
+        pipeline = val_pipeline(source, data, 4, [0.0] * 3, [1.0] * 3, context)
+        return [(b[1].tolist(), b[2].tolist()) for b in pipeline.as_numpy_iterator()]
+
+    labels, weights = (sum(column, []) for column in zip(*batches()))
+    assert weights == [1.0] * 9 + [0.0] * 3 and labels[:9] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    parts = [batches(tf.distribute.InputContext(2, worker, 2)) for worker in range(2)]
+    assert [len(part) for part in parts] == [3, 3]  # a worker's one replica: batches of 2
+    assert sum(sum(w) for part in parts for _, w in part) == 9  # each image once
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])
 def test_label_smoothing_trains_on_the_smoothed_targets(smoothing):
     strategy = tf.distribute.get_strategy()
