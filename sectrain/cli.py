@@ -75,6 +75,13 @@ def fail(message):
     sys.exit(EXIT_CONFIG_ERROR)
 
 
+def fail_job(error):
+    """`fail` in a job, whose run folder Hydra has made: the run's log file records why
+    it ended too."""
+    logging.getLogger("sectrain.log_file").error("error: %s", error)
+    fail(error)
+
+
 def exit_with(status):
     """Exits with `status`; without Python's teardown, once the console and the log
     files are flushed, where a run of this process ran out of device memory. TensorFlow
@@ -354,7 +361,7 @@ def run(cfg) -> float:
             try:
                 return train(config, run_dir=run_dir)
             except ConfigError as error:  # found with the data, devices or folder at hand
-                fail(error)
+                fail_job(error)
             except RunStopped as stopped:
                 return report_stopped_job(stopped, hydra_config, parallel)
     except KeyboardInterrupt:  # before training, or a second Ctrl-C
@@ -390,7 +397,7 @@ def prepare_job(cfg, hydra_config, run_dir):
         config = validate(cfg)
         check_init_from(config, run_dir)
     except ConfigError as error:
-        fail(error)
+        fail_job(error)
     # the first job a worker process runs sets its GPU before TensorFlow starts, and later
     # jobs there keep it
     if is_parallel(hydra_config.launcher) and "tensorflow" not in sys.modules:

@@ -368,6 +368,8 @@ def test_another_config_is_refused_in_a_run_dir_unless_fresh_start(reference, tm
         result.stderr.split()
     )
     assert metrics(run_dir) == metrics(reference)  # untouched
+    # the run's log records the refusal, after the run's own lines
+    assert "ERROR] error: " in (run_dir / "sectrain.log").read_text().splitlines()[-1]
     fresh = ("model.attention.ratio=8", "trainer.fresh_start=true", "trainer.epochs=1")
     result = sectrain(*RECIPE, *fresh, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
