@@ -24,7 +24,7 @@ from sectrain.data.sources import load_source
 from sectrain.errors import EXIT_STATUS, ConfigError
 from sectrain.layers.attention import unused_settings
 from sectrain.loggers.console import ConsoleLogger
-from sectrain.loggers.files import FileLogger, prepare_run_dir, write_json
+from sectrain.loggers.files import FileLogger, close_log_files, prepare_run_dir, write_json
 from sectrain.models import build_model
 from sectrain.models.profile import count_flops, count_parameters
 from sectrain.training.checkpoint import restore
@@ -116,6 +116,8 @@ def train(config, run_dir, console=None):
         chief = is_chief(strategy)
         if chief:
             prepare_run_dir(run_dir, config_yaml, t.fresh_start)
+        else:  # another worker logs to its console alone
+            close_log_files()
         # Every worker saves checkpoints (saving may need all of them); only the chief's stay.
         save_dir = (
             run_dir

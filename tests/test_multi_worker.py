@@ -114,6 +114,8 @@ def test_only_the_chief_writes_the_run_folder_and_workers_resume_from_it(tmp_pat
         assert code == 0, err[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+    log = (run_dir / "sectrain.log").read_text()
+    assert log.count("resumed from") == 1  # the chief's log, which the worker leaves alone
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     steps_per_epoch = 1437 // 128  # checkpoints are numbered by step
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.index")) == [

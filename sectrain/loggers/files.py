@@ -25,6 +25,20 @@ def write_json(path, data):
     os.replace(partial, path)
 
 
+def close_log_files():
+    """Replaces every logging handler that writes to a file with a NullHandler: the run's
+    log file, which Hydra opens in each process of a job, is then the chief worker's
+    alone, and a logger that wrote to the file only falls silent (rather than to
+    logging's last resort, stderr)."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in list(getattr(logger, "handlers", [])):  # not placeholders
+            if isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+                handler.close()
+                logger.addHandler(logging.NullHandler())
+
+
 # Keys that may change between a run and its resumption: they change neither the model
 # nor the order of the computation (more epochs, checkpoint frequency, logging, ...).
 RESUMABLE_CHANGES = (
