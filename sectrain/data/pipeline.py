@@ -117,12 +117,13 @@ def training_order(source, data, global_batch_size, seed, start_step=0):
 
 def pipeline_part(global_batch_size, context=None):
     """How the input pipeline of `context` (a tf.distribute.InputContext; None: the only
-    pipeline) divides a stream into global batches. Returns (ours, batch): ours(position)
-    says whether the example at that position of the stream falls in this pipeline's
-    part of its global batch (None: all do), and batch is the size of the batches this
-    pipeline yields, one replica's share of a global batch or, without `context`, all of
-    it. Parts are consecutive: pipeline i takes positions [i * share, (i + 1) * share) of
-    each global batch, where share = global_batch_size / pipelines."""
+    pipeline) divides a stream into global batches. Returns (ours, batch): ours(position,
+    example), a tf.data filter, says whether the example at that position of the stream
+    falls in this pipeline's part of its global batch (None: all do); batch is the size
+    of the batches this pipeline yields, one replica's share of a global batch or,
+    without `context`, all of it. Parts are consecutive: pipeline i takes positions
+    [i * share, (i + 1) * share) of each global batch, share = global_batch_size /
+    pipelines."""
     if context is None:
         return None, global_batch_size
     batch = context.get_per_replica_batch_size(global_batch_size)
