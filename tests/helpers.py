@@ -1,6 +1,7 @@
 """Helpers shared by tests and by the processes that tests start."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 from hydra import compose, initialize_config_dir
 
@@ -39,6 +40,14 @@ def make_config(*overrides, config_name="config"):
     """A validated `Config`, quiet on the console, for in-process training."""
     quiet = ("logger.print_config=false", "logger.progress=false")
     return validate(compose_config(*quiet, *overrides, config_name=config_name))
+
+
+def validation_arrays(global_batch=16):
+    """The digits validation set as `train_weights` evaluates it, in one process: arrays
+    of the images, labels and weights of its padded batches (see `val_pipeline`)."""
+    config = make_config()
+    _, val, _ = make_pipelines(load_source(config.data), config.data, global_batch, 0)
+    return [np.concatenate(parts) for parts in zip(*val.as_numpy_iterator())]
 
 
 def train_weights(

@@ -9,12 +9,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from sectrain.config import TrainerConfig
-from sectrain.data.pipeline import make_pipelines
 from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
 from sectrain.train import batch_parts, start_session, train, use_jit
 from sectrain.training.strategy import make_strategy
-from tests.helpers import make_config, train_weights
+from tests.helpers import make_config, train_weights, validation_arrays
 
 SE = {"kind": "se", "ratio": 4}
 
@@ -107,9 +106,7 @@ def test_moving_average_of_the_weights_is_kept_on_each_replica_and_evaluated():
     # evaluation used the averages, and left the trained weights in the model
     for i in trainable:
         np.testing.assert_array_equal(model.variables[i].numpy(), final[i])
-    config = make_config("data.augment.pad_crop=0")
-    _, val, _ = make_pipelines(load_source(config.data), config.data, 16, seed=0)
-    images, labels, weights = (np.concatenate(parts) for parts in zip(*val.as_numpy_iterator()))
+    images, labels, weights = validation_arrays()
     real = weights == 1  # 360 images and 8 blanks, which the metrics leave out
     assert real.sum() == 360 and (weights[~real] == 0).all()
     with loop.averaged_weights():

@@ -25,9 +25,7 @@ if __name__ == "__main__":
 
     import keras
 
-    from sectrain.data.pipeline import make_pipelines
-    from sectrain.data.sources import load_source
-    from tests.helpers import make_config, train_weights
+    from tests.helpers import train_weights, validation_arrays
 
     args.output.mkdir(parents=True, exist_ok=True)
     loop, initial, weights, losses = train_weights(
@@ -38,12 +36,10 @@ if __name__ == "__main__":
         jit_compile=args.jit,
         evaluate=True,
     )
-    # the validation set in this process alone: the padded batches less their blanks
-    config = make_config()
-    _, val, _ = make_pipelines(load_source(config.data), config.data, 16, 0)
-    images, labels, real = (np.concatenate(parts) for parts in zip(*val.as_numpy_iterator()))
-    logits = loop.model(images[real == 1], training=False)
-    whole_val_loss = keras.losses.sparse_categorical_crossentropy(labels[real == 1], logits, True)
+    images, labels, weights = validation_arrays()  # in this process alone
+    real = weights == 1  # the padding's blanks left out
+    logits = loop.model(images[real], training=False)
+    whole_val_loss = keras.losses.sparse_categorical_crossentropy(labels[real], logits, True)
     np.savez(
         args.output / "run.npz",
         **{f"initial_{i}": w for i, w in enumerate(initial)},
