@@ -19,7 +19,7 @@ from tensorflow.python.framework import config as tf_config
 
 from sectrain import __version__
 from sectrain.config import AttentionConfig, check_xla, run_config_yaml
-from sectrain.data.pipeline import epoch_steps, make_pipelines
+from sectrain.data.pipeline import epoch_steps, make_pipelines, val_steps
 from sectrain.data.sources import load_source
 from sectrain.errors import EXIT_STATUS, ConfigError
 from sectrain.layers.attention import unused_settings
@@ -129,6 +129,7 @@ def train(config, run_dir, console=None):
 
         source = load_source(config.data)
         steps_per_epoch = epoch_steps(source, t.global_batch_size)
+        val_batches = val_steps(source, t.global_batch_size)
         total_steps = t.epochs * steps_per_epoch
 
         attention = asdict(config.model.attention)
@@ -172,7 +173,7 @@ def train(config, run_dir, console=None):
         train_data, val_data, (mean, std) = make_pipelines(
             source, config.data, t.global_batch_size, t.seed, step, strategy
         )
-        train_iterator = iter(train_data)
+        train_iterator, val_iterator = iter(train_data), iter(val_data)
 
         files = FileLogger(run_dir, tensorboard=config.logger.tensorboard) if chief else None
         rows = files.restart_after(step // steps_per_epoch) if files else []
@@ -277,7 +278,7 @@ def train(config, run_dir, console=None):
                 row = {
                     "epoch": epoch,
                     **{f"train_{k}": v for k, v in loop.results("train").items()},
-                    **{f"val_{k}": v for k, v in loop.evaluate(val_data).items()},
+                    **{f"val_{k}": v for k, v in loop.evaluate(val_iterator, val_batches).items()},
                     "lr": float(optimizer.learning_rate),
                     "images_per_sec": (step - first_step) * t.global_batch_size / train_seconds,
                     "seconds": time.perf_counter() - epoch_started,

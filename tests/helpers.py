@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from sectrain.cli import CONFIG_DIR
 from sectrain.config import validate
-from sectrain.data.pipeline import make_pipelines
+from sectrain.data.pipeline import make_pipelines, val_steps
 from sectrain.data.sources import load_source
 from sectrain.models import build_model
 from sectrain.training.loop import TrainingLoop
@@ -46,8 +46,10 @@ def validation_arrays(global_batch=16):
     """The digits validation set as `train_weights` evaluates it, in one process: arrays
     of the images, labels and weights of its padded batches (see `val_pipeline`)."""
     config = make_config()
-    _, val, _ = make_pipelines(load_source(config.data), config.data, global_batch, 0)
-    return [np.concatenate(parts) for parts in zip(*val.as_numpy_iterator())]
+    source = load_source(config.data)
+    _, val, _ = make_pipelines(source, config.data, global_batch, 0)
+    one_pass = val.take(val_steps(source, global_batch))
+    return [np.concatenate(parts) for parts in zip(*one_pass.as_numpy_iterator())]
 
 
 def train_weights(
@@ -104,6 +106,6 @@ def train_weights(
         loop.train_steps(iterator, tf.constant(steps_per_call))
         losses.append(loop.results("train")["loss"])
     if evaluate:
-        loop.evaluate(val_data)
+        loop.evaluate(iter(val_data), val_steps(source, global_batch))
     keras.mixed_precision.set_dtype_policy("float32")
     return loop, initial, [v.numpy() for v in model.variables], losses

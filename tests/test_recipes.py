@@ -15,7 +15,13 @@ from sectrain.cli import CONFIG_DIR
 from sectrain.config import validate
 from sectrain.data.augment import cutout, random_size_crop
 from sectrain.data.images import centre_crop, eval_image
-from sectrain.data.pipeline import make_pipelines, train_pipeline, training_order, val_pipeline
+from sectrain.data.pipeline import (
+    make_pipelines,
+    train_pipeline,
+    training_order,
+    val_pipeline,
+    val_steps,
+)
 from sectrain.data.sources import Source, load_source
 from sectrain.reporting.published import lookup
 from sectrain.training.loop import TrainingLoop
@@ -330,6 +336,20 @@ def test_validation_is_padded_to_whole_batches_and_split_among_workers(cache):
     for step, (labels, weights) in enumerate(whole):
         got = [parts[w][2 * step + r] for w in range(workers) for r in range(2)]
         assert [sum(column, []) for column in zip(*got)] == [labels, weights]
+
+
+def test_a_runs_validation_stream_repeats_one_padded_pass_after_another():
+    config = make_config()
+    source = load_source(config.data)  # 360 validation digits: 6 batches of 64, 24 blanks
+    _, val, _ = make_pipelines(source, config.data, 64, seed=0)
+    steps = val_steps(source, 64)
+    stream = val.as_numpy_iterator()  # one iterator for the whole run, as train() keeps it
+    passes = [[next(stream) for _ in range(steps)] for _ in range(3)]
+    for later in passes[1:]:  # each epoch's evaluation: the same batches, in one order
+        for batch, again in zip(passes[0], later):
+            assert all(np.array_equal(x, y) for x, y in zip(batch, again))
+    weights = np.concatenate([weights for *_, weights in passes[0]])
+    assert steps == 6 and weights.sum() == source.num_val == 360
 
 
 def test_a_validation_file_cut_short_is_skipped_and_every_worker_keeps_its_batches():

@@ -80,6 +80,12 @@ def epoch_steps(source, global_batch_size):
     return steps
 
 
+def val_steps(source, global_batch_size):
+    """The steps of one pass over the validation set, the last batch padded
+    (`val_pipeline`)."""
+    return -(-source.num_val // global_batch_size)
+
+
 def training_order(source, data, global_batch_size, seed, start_step=0):
     """The training examples, endless, as (position, (image, label)) pairs from step
     `start_step` on; position counts the examples of the stream from step 0.
@@ -189,7 +195,7 @@ def val_pipeline(source, data, global_batch_size, mean, std, context=None):
     """
     ours, batch = pipeline_part(global_batch_size, context)
     pipelines = context.num_input_pipelines if context else 1
-    steps = -(-source.num_val // global_batch_size)
+    steps = val_steps(source, global_batch_size)
     val = source.val
     if ours:
         val = val.enumerate().filter(ours).map(lambda _, example: example)
@@ -209,8 +215,10 @@ def val_pipeline(source, data, global_batch_size, mean, std, context=None):
 
 def make_pipelines(source, data, global_batch_size, seed, start_step=0, strategy=None):
     """Returns (train, val, (mean, std)): the `train_pipeline` from step `start_step`
-    and the `val_pipeline`, in global batches, and the per-channel statistics they are
-    normalised with.
+    and the `val_pipeline` repeated, in global batches, and the per-channel statistics
+    they are normalised with. Both are endless, so that a run reads each through one
+    iterator: a new iterator of a distributed data set sets its pipeline up anew, and
+    TensorFlow logs a warning each time.
 
     With `strategy`, both are distributed over its replicas, by one input pipeline per
     worker that decodes only the part of each batch that its replicas take.
@@ -221,7 +229,8 @@ def make_pipelines(source, data, global_batch_size, seed, start_step=0, strategy
         return train_pipeline(source, data, global_batch_size, seed, mean, std, start_step, context)
 
     def val(context=None):
-        return val_pipeline(source, data, global_batch_size, mean, std, context)
+        # an epoch's evaluation takes `val_steps` batches: one pass
+        return val_pipeline(source, data, global_batch_size, mean, std, context).repeat()
 
     if strategy is None:
         return train(), val(), (mean, std)

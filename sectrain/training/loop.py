@@ -186,17 +186,18 @@ class TrainingLoop:
             average.assign(weights)
 
     @tf.function
-    def _evaluate(self, dataset):
-        for batch in dataset:
-            self.strategy.run(self._eval_replica, args=batch)
+    def _evaluate(self, iterator, num_steps):
+        for _ in tf.range(num_steps):
+            self.strategy.run(self._eval_replica, args=next(iterator))
 
-    def evaluate(self, distributed_dataset):
-        """Evaluates on a distributed data set of (images, labels, weights) batches (see
-        `sectrain.data.pipeline.val_pipeline`), with the averaged weights if the loop
-        keeps them; returns {"loss", "top1", "top5"}, means weighted by `weights`."""
+    def evaluate(self, iterator, steps):
+        """Evaluates `steps` batches of (images, labels, weights) from `iterator`, one of
+        a distributed data set (see `sectrain.data.pipeline.make_pipelines`), with the
+        averaged weights if the loop keeps them; returns {"loss", "top1", "top5"}, means
+        weighted by `weights`."""
         self.reset("val")
         with self.averaged_weights():
-            self._evaluate(distributed_dataset)
+            self._evaluate(iterator, tf.constant(steps))
         return self.results("val")
 
     def reset(self, split):
