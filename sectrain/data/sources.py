@@ -92,6 +92,8 @@ def load_tfds(data):
                 "that has it (the data downloads before training starts), then here with "
                 "data.data_dir=DIR, DIR copied or shared"
             )
+        elif builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+            message += f"\nThe folder is set by data.manual_dir=DIR (now {data.manual_dir})"
         raise ConfigError(message) from None
     info = builder.info
     if "image" not in info.features or "label" not in info.features:
