@@ -42,7 +42,8 @@ from sectrain.training.stops import (
 from sectrain.training.warm_start import check_init_from
 
 log = logging.getLogger("sectrain")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+# conf/ of the clone (sectrain/conf links to it); a wheel holds a copy there instead
+CONFIG_DIR = (Path(__file__).parent / "conf").resolve()
 EXIT_CONFIG_ERROR = 2
 OTHER_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 # Hydra's modes, short and long: a command line takes one at most

@@ -3,9 +3,12 @@
 import importlib.metadata
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +50,38 @@ def test_looking_through_the_loaded_modules_does_not_load_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_wheel_carries_the_configs_and_its_command_runs_outside_the_clone(tmp_path):
+    clone = Path(__file__).resolve().parent.parent
+    source = tmp_path / "source"  # built from a copy: the build writes beside its sources
+    for name in ("sectrain", "conf"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(clone / name, source / name, symlinks=True, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(clone / name, source)
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    built = subprocess.run([*build, "-w", tmp_path, source], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("sectrain-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packed = {n for n in archive.namelist() if n.startswith("sectrain/conf/")}
+        archive.extractall(tmp_path / "site")
+    configs = {
+        f"sectrain/conf/{p.relative_to(clone / 'conf')}" for p in clone.glob("conf/**/*.yaml")
+    }
+    assert packed == configs and len(configs) > 80
+
+    installed = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    command = [sys.executable, "-m", "sectrain", "model=se_resnet50", "--cfg", "job"]
+    composed = subprocess.run(command, capture_output=True, text=True, env=installed, cwd=tmp_path)
+    assert composed.returncode == 0, composed.stderr
+    assert "name: resnet50" in composed.stdout
+    code = "import sectrain.cli as cli; print(cli.CONFIG_DIR)"  # the wheel's, not the clone's
+    where = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=installed, cwd=tmp_path
+    )
+    assert where.stdout.strip() == str(tmp_path / "site" / "sectrain" / "conf")
 
 
 def test_help_lists_groups_and_keys_without_importing_tensorflow():
