@@ -109,10 +109,8 @@ def test_ctrl_c_in_a_sweep_names_the_command_that_resumes_it(monkeypatch, capsys
     assert "interrupted by Ctrl-C" in stderr
 
 
-@pytest.mark.parametrize(
-    "signalled",
-    ["every process, as a terminal's Ctrl-C", pytest.param("the sweep's", marks=pytest.mark.slow)],
-)
+@pytest.mark.slow  # the stop logic is also checked in this process, by the Ctrl-C tests beside it
+@pytest.mark.parametrize("signalled", ["every process, as a terminal's Ctrl-C", "the sweep's"])
 def test_a_stopped_parallel_sweep_lets_its_jobs_save_then_resumes(tmp_path, signalled):
     command = [
         *(sys.executable, "-m", "sectrain", "-m", "hydra/launcher=parallel", RESNET8),
