@@ -411,18 +411,20 @@ def test_experiment_folder_is_listed():
     assert Path(CONFIG_DIR / "data" / "imagenet.yaml").is_file()
 
 
-def test_imagenet_without_its_archives_says_where_they_go(tmp_path):
+@pytest.mark.parametrize("manual_dir", [True, False])
+def test_imagenet_without_its_archives_says_where_they_go(tmp_path, manual_dir):
     from sectrain.errors import ConfigError
 
-    config = make_config(
-        "data=imagenet", f"data.data_dir={tmp_path}/tfds", f"data.manual_dir={tmp_path}/manual"
-    )
+    data = ["data=imagenet"] if manual_dir else ["data=tfds", "data.name=imagenet2012"]
+    given = [f"data.manual_dir={tmp_path}/manual"] if manual_dir else []  # else TFDS's own
+    config = make_config(*data, f"data.data_dir={tmp_path}/tfds", *given)
     with pytest.raises(ConfigError) as error:
         load_source(config.data)
     message = str(error.value)
     assert "'imagenet2012' could not be prepared" in message
     assert "ILSVRC2012_img_train.tar" in message  # TFDS's instructions
-    assert message.endswith(f"The folder is set by data.manual_dir=DIR (now {tmp_path}/manual)")
+    now = f" (now {tmp_path}/manual)" if manual_dir else ""
+    assert message.endswith(f"The folder is set by data.manual_dir=DIR{now}")
 
 
 def test_a_failed_download_says_how_to_train_without_internet(tmp_path, monkeypatch):

@@ -93,7 +93,8 @@ def load_tfds(data):
                 "data.data_dir=DIR, DIR copied or shared"
             )
         elif builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-            message += f"\nThe folder is set by data.manual_dir=DIR (now {data.manual_dir})"
+            message += "\nThe folder is set by data.manual_dir=DIR"
+            message += f" (now {data.manual_dir})" if data.manual_dir else ""
         raise ConfigError(message) from None
     info = builder.info
     if "image" not in info.features or "label" not in info.features:
