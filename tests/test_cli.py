@@ -55,8 +55,8 @@ def test_looking_through_the_loaded_modules_does_not_load_tensorflow():
 def test_a_wheel_carries_the_configs_and_its_command_runs_outside_the_clone(tmp_path):
     clone = Path(__file__).resolve().parent.parent
     source = tmp_path / "source"  # built from a copy: the build writes beside its sources
+    ignore = shutil.ignore_patterns("__pycache__")
     for name in ("sectrain", "conf"):
-        ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(clone / name, source / name, symlinks=True, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(clone / name, source)
