@@ -9,6 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from sectrain.config import TrainerConfig
+from sectrain.data.pipeline import make_pipelines, val_steps
 from sectrain.data.sources import load_source
 from sectrain.errors import ConfigError
 from sectrain.train import batch_parts, start_session, train, use_jit
@@ -92,6 +93,37 @@ def test_micro_batches_compose_with_replicas_and_xla():
     assert (mirrored.xla, single.xla) == ("forward and backward", "step")
     trainable = trainable_indices(single.model)
     assert_same_updates(*([w[i] for i in trainable] for w in (initial, got, want)))
+
+
+@pytest.mark.parametrize(
+    "strategy, micro_batches, jit_compile", [("mirrored", 2, False), ("one_device", 4, True)]
+)
+def test_evaluation_runs_in_the_micro_batches_of_training(strategy, micro_batches, jit_compile):
+    # 2 replicas x 2 micro-batches, or 4 micro-batches in a step that XLA compiles whole,
+    # of a global batch of 16: each forward pass of evaluation takes 4 images, and the
+    # metrics are those of the whole validation set
+    loop, *_ = train_weights(
+        strategy, steps=1, sync_bn=False, jit_compile=jit_compile, micro_batches=micro_batches
+    )
+    forward_batches = []
+    logits_of = loop._logits
+
+    def recorded(images):
+        forward_batches.append(images.shape[0])
+        return logits_of(images)
+
+    loop._logits = recorded  # evaluation traces the forward pass after this
+    config = make_config()
+    source = load_source(config.data)
+    _, val_data, _ = make_pipelines(source, config.data, 16, 0, strategy=loop.strategy)
+    results = loop.evaluate(iter(val_data), val_steps(source, 16))
+    assert set(forward_batches) == {4}
+    images, labels, weights = validation_arrays()
+    logits = loop.model.predict(images, verbose=0)
+    loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    hits = np.argmax(logits, axis=-1) == labels
+    want = [np.sum(loss * weights), np.sum(hits * weights)] / np.sum(weights)
+    np.testing.assert_allclose([results["loss"], results["top1"]], want, rtol=1e-4)
 
 
 def test_moving_average_of_the_weights_is_kept_on_each_replica_and_evaluated():

@@ -42,7 +42,8 @@ class TrainingLoop:
         micro_batches: int, forward and backward passes per replica and step, each on
             an equal part of the replica's batch, with one update from their summed
             gradients: a large global batch in the memory of a small one. Batch norm
-            normalises each micro-batch by its own statistics.
+            normalises each micro-batch by its own statistics. Evaluation runs in the
+            same parts (with the same results: batch norm uses its moving statistics).
         ema_decay: float, keep an exponential moving average of the trainable weights,
             with decay min(ema_decay, (1 + step) / (10 + step)), and evaluate it instead
             of the weights (0: none).
@@ -132,9 +133,7 @@ class TrainingLoop:
             gradients, logits, per_example = self._gradients(images, labels)
             self._update("train", labels, logits, per_example)
         else:
-            images, labels = (
-                tf.reshape(x, [self.micro_batches, -1, *x.shape[1:]]) for x in (images, labels)
-            )
+            images, labels = self._micro_batches(images, labels)
             gradients = [tf.zeros_like(v) for v in self.model.trainable_variables]
             for i in tf.range(self.micro_batches):  # a graph loop: the graph stays small
                 micro_gradients, logits, per_example = self._gradients(images[i], labels[i])
@@ -142,10 +141,26 @@ class TrainingLoop:
                 gradients = [g + m for g, m in zip(gradients, micro_gradients)]
         self.optimizer.apply(gradients, self.model.trainable_variables)
 
+    def _micro_batches(self, *tensors):
+        """Each tensor cut along the batch into `micro_batches` equal parts, stacked: part
+        i is [i]."""
+        return [tf.reshape(x, [self.micro_batches, -1, *x.shape[1:]]) for x in tensors]
+
     def _replica_logits(self, images):
         return self.model(images, training=False)
 
     def _eval_replica_step(self, images, labels, weights):
+        if self.micro_batches == 1:
+            self._eval_pass(images, labels, weights)
+        else:
+            # a batch that training can only take in parts need not fit one forward pass
+            # either (on a GPU, WRN-16-8's first layers at batch 32,768 overflow the int32
+            # element count of TensorFlow's convolution kernels)
+            images, labels, weights = self._micro_batches(images, labels, weights)
+            for i in tf.range(self.micro_batches):
+                self._eval_pass(images[i], labels[i], weights[i])
+
+    def _eval_pass(self, images, labels, weights):
         logits = self._logits(images)
         per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         self._update("val", labels, logits, per_example, weights)
