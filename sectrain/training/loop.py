@@ -154,8 +154,8 @@ class TrainingLoop:
             self._eval_pass(images, labels, weights)
         else:
             # a batch that training can only take in parts need not fit one forward pass
-            # either (on a GPU, WRN-16-8's first layers at batch 32,768 overflow the int32
-            # element count of TensorFlow's convolution kernels)
+            # either (on a GPU, a padded convolution input of WRN-16-8 at batch 32,768
+            # overflows the 32-bit element count of TensorFlow's kernels)
             images, labels, weights = self._micro_batches(images, labels, weights)
             for i in tf.range(self.micro_batches):
                 self._eval_pass(images[i], labels[i], weights[i])
