@@ -237,7 +237,8 @@ def check_key(key):
     for depth, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(node)}
         if part not in fields:
-            raise unknown_choice(f"key {'.'.join(parts[:depth]) or '<root>'}", part, fields)
+            parent = ".".join(parts[:depth]) or "config"
+            raise unknown_choice(parent, part, fields, what="key")
         node = fields[part].type
         node = next((t for t in typing.get_args(node) if dataclasses.is_dataclass(t)), node)
         if getattr(node, "__origin__", None) is dict:

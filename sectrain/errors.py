@@ -13,10 +13,11 @@ class ConfigError(ValueError):
     """A configuration mistake; the CLI prints its message and exits with status 2."""
 
 
-def unknown_choice(key, value, choices):
-    """Returns a ConfigError naming the key, the value received and what is allowed."""
+def unknown_choice(key, value, choices, what="value"):
+    """Returns a ConfigError naming the key, the value (or sub-key: `what="key"`) received
+    and what is allowed."""
     choices = sorted(str(c) for c in choices)
-    message = f"{key}: unknown value {value!r}. Allowed: {', '.join(choices)}."
+    message = f"{key}: unknown {what} {value!r}. Allowed: {', '.join(choices)}."
     close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
     if close:
         message += f" Did you mean {close[0]!r}?"
