@@ -1,5 +1,5 @@
 """sectrain-report over real runs: completed seeds of two configurations, a diverged
-run and one killed before it finished."""
+run, one killed before it finished and one refused by a configuration error."""
 
 import csv
 import json
@@ -16,7 +16,7 @@ from sectrain.reporting.report import main as report_main
 from sectrain.reporting.runs import Run
 from sectrain.train import RunStopped, train
 from tests.helpers import RESNET8, make_config
-from tests.test_cli import imported_tensorflow
+from tests.test_cli import imported_tensorflow, sectrain
 from tests.test_faults import DIVERGING
 
 pytestmark = pytest.mark.xdist_group("report")  # `runs` trains once
@@ -43,6 +43,9 @@ def runs(tmp_path_factory):
     # a run whose summary.json something other than sectrain cut short
     shutil.copytree(root / "0", root.parent / "damaged")
     (root.parent / "damaged" / "summary.json").write_text('{"status": "compl')
+    # a run that a mistake found once its folder was made stopped: no config.yaml of its own
+    refused = sectrain("model.init_from=missing.keras", f"hydra.run.dir={root.parent / 'refused'}")
+    assert refused.returncode == 2, refused.stderr
     return root
 
 
@@ -75,16 +78,18 @@ def test_report_table_has_mean_and_std_over_seeds(runs, capsys):
 
 
 def test_report_lists_runs_that_did_not_complete(runs, capsys):
-    diverged, damaged = runs.parent / "diverged", runs.parent / "damaged"
-    report_main([str(runs), str(diverged), str(damaged), "--out", str(runs / "report")])
+    diverged, damaged, refused = (runs.parent / name for name in ("diverged", "damaged", "refused"))
+    report_main([str(runs), *map(str, (diverged, damaged, refused)), "--out", str(runs / "report")])
     assert "diverged" in capsys.readouterr().out
     markdown = (runs / "report" / "report.md").read_text()
     assert "| configuration | runs | top-1 err % | top-5 err % |" in markdown
-    assert markdown.count("\n| attention.kind=") == 3  # SE, plain, the diverged lr 100 one
+    # SE, plain, the diverged lr 100 one, the refused one with its model.init_from
+    assert markdown.count("\n| attention.kind=") == 4
     failed = markdown.split("Runs that did not complete:")[1]
     assert f"`{diverged}`: diverged" in failed and "the training loss became" in failed
     assert f"`{runs / '5'}`: unfinished, 1 epoch." in failed
     assert f"`{damaged}`: damaged summary.json, 1 epoch." in failed
+    assert f"`{refused}`: not started, 0 epochs. model.init_from: 'missing.keras' is " in failed
     png = (runs / "report" / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 

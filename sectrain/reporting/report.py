@@ -139,7 +139,7 @@ def not_finished(runs):
             str(run.path),
             run.status,
             len(run.epochs),
-            (run.summary or {}).get("message", ""),
+            run.message,
         )
         for run in runs
         if not run.completed

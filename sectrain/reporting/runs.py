@@ -1,6 +1,7 @@
 """Run folders as records: the config, the summary and the metrics of each epoch."""
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import yaml
 from sectrain.config import with_defaults
 from sectrain.loggers.files import flatten, read_rows
 from sectrain.models import MODELS
+
+# The run's log file (hydra.job.name in conf/config.yaml) and, in it, an error that ended
+# the run (`sectrain.cli.fail_job`; record format: conf/hydra/job_logging/rich.yaml): its
+# lines up to the next record
+LOG_FILE = "sectrain.log"
+LOGGED_ERROR = re.compile(
+    r"^\[[^]\n]*\]\[sectrain\.log_file\]\[ERROR\] error: (.*(?:\n(?!\[).*)*)", re.M
+)
 
 # Settings that do not change what a run measures: runs that differ only in these are
 # repeats of one configuration (the seed is what repeats vary).
@@ -44,6 +53,20 @@ class Run:
         if self.epochs:
             return "unfinished"  # killed, or still running
         return "not started"  # e.g. stopped by a configuration error
+
+    @property
+    def message(self):
+        """Why the run stopped early: its summary's message or, where it stopped before
+        writing a summary, the last error its log records (a mistake found once its
+        folder was made, such as data that could not be downloaded)."""
+        if self.summary:
+            return self.summary.get("message", "")
+        try:
+            log = (self.path / LOG_FILE).read_text(errors="replace")
+        except OSError:
+            return ""
+        errors = LOGGED_ERROR.findall(log)
+        return " ".join(errors[-1].split()) if errors else ""
 
     @property
     def completed(self):
