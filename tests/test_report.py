@@ -133,3 +133,13 @@ def test_an_option_given_its_default_value_is_the_same_configuration(tmp_path):
     older = run("d")  # made before sectrain had trainer.ema_decay: the same configuration
     del older.config["trainer"]["ema_decay"]
     assert len(group_runs([run("a"), older])) == 1
+
+
+def test_a_logged_error_says_why_a_run_stopped_unless_a_later_attempt_trained(tmp_path):
+    error = "[2026-01-02 10:00:00,000][sectrain.log_file][ERROR] error: data.path: gone\nagain\n"
+    epoch = '[2026-01-02 11:00:00,000][sectrain.metrics][INFO] {"epoch": 1}\n'
+    for log, message in ((epoch + error, "data.path: gone again"), (error + epoch, "")):
+        (tmp_path / "sectrain.log").write_text(log)
+        assert Run(tmp_path, {}, None).message == message
+    (tmp_path / "sectrain.log").unlink()
+    assert Run(tmp_path, {}, None).message == ""

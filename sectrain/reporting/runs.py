@@ -11,13 +11,14 @@ from sectrain.config import with_defaults
 from sectrain.loggers.files import flatten, read_rows
 from sectrain.models import MODELS
 
-# The run's log file (hydra.job.name in conf/config.yaml) and, in it, an error that ended
-# the run (`sectrain.cli.fail_job`; record format: conf/hydra/job_logging/rich.yaml): its
-# lines up to the next record
+# The run's log file (hydra.job.name in conf/config.yaml); in it, an error that ended an
+# attempt at the run (`sectrain.cli.fail_job`), its lines up to the next record, and the
+# metrics rows of its epochs (record format: conf/hydra/job_logging/rich.yaml)
 LOG_FILE = "sectrain.log"
 LOGGED_ERROR = re.compile(
     r"^\[[^]\n]*\]\[sectrain\.log_file\]\[ERROR\] error: (.*(?:\n(?!\[).*)*)", re.M
 )
+LOGGED_EPOCH = re.compile(r"^\[[^]\n]*\]\[sectrain\.metrics\]", re.M)
 
 # Settings that do not change what a run measures: runs that differ only in these are
 # repeats of one configuration (the seed is what repeats vary).
@@ -56,17 +57,20 @@ class Run:
 
     @property
     def message(self):
-        """Why the run stopped early: its summary's message or, where it stopped before
-        writing a summary, the last error its log records (a mistake found once its
-        folder was made, such as data that could not be downloaded)."""
+        """Why the run stopped early: its summary's message or, where it stopped without
+        writing a summary, the error its log records after its last epoch (a mistake found
+        once its folder was made, such as data that could not be downloaded)."""
         if self.summary:
             return self.summary.get("message", "")
         try:
             log = (self.path / LOG_FILE).read_text(errors="replace")
         except OSError:
             return ""
-        errors = LOGGED_ERROR.findall(log)
-        return " ".join(errors[-1].split()) if errors else ""
+        errors = list(LOGGED_ERROR.finditer(log))
+        epochs = list(LOGGED_EPOCH.finditer(log))
+        if not errors or (epochs and epochs[-1].start() > errors[-1].start()):
+            return ""  # none, or one that a later attempt went on from
+        return " ".join(errors[-1][1].split())
 
     @property
     def completed(self):
