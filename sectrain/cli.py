@@ -34,6 +34,7 @@ from rich.text import Text
 from sectrain import __version__
 from sectrain.config import check_value, validate
 from sectrain.errors import EXIT_STATUS, ConfigError, unknown_choice
+from sectrain.loggers.files import error_log
 from sectrain.training.stops import (
     handle_stop_signals,
     outlive_signals_between_jobs,
@@ -79,7 +80,7 @@ def fail(message):
 def fail_job(error):
     """`fail` in a job, whose run folder Hydra has made: the run's log file records why
     it ended too."""
-    logging.getLogger("sectrain.log_file").error("error: %s", error)
+    error_log.error("error: %s", error)
     fail(error)
 
 

@@ -14,7 +14,12 @@ import yaml
 from sectrain.config import with_defaults
 from sectrain.errors import ConfigError
 
-metrics_log = logging.getLogger("sectrain.metrics")  # to the run's log file only
+# The run's log file (hydra.job.name in conf/config.yaml) and the loggers that write to
+# it alone (conf/hydra/job_logging/rich.yaml): each epoch's metrics row, and the error
+# that ended the run, which the console shows in its own form
+LOG_FILE = "sectrain.log"
+metrics_log = logging.getLogger("sectrain.metrics")
+error_log = logging.getLogger("sectrain.log_file")
 
 
 def write_json(path, data):
@@ -119,7 +124,7 @@ def prepare_run_dir(run_dir, config_yaml, fresh_start=False):
             aside = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
             aside.mkdir()
             for path in list(run_dir.iterdir()):
-                if path != aside and path.name not in (".hydra", "sectrain.log"):
+                if path != aside and path.name not in (".hydra", LOG_FILE):
                     shutil.move(str(path), aside / path.name)
         elif differ:
             raise ConfigError(

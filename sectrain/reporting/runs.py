@@ -8,17 +8,17 @@ from pathlib import Path
 import yaml
 
 from sectrain.config import with_defaults
-from sectrain.loggers.files import flatten, read_rows
+from sectrain.loggers.files import LOG_FILE, error_log, flatten, metrics_log, read_rows
 from sectrain.models import MODELS
 
-# The run's log file (hydra.job.name in conf/config.yaml); in it, an error that ended an
-# attempt at the run (`sectrain.cli.fail_job`), its lines up to the next record, and the
-# metrics rows of its epochs (record format: conf/hydra/job_logging/rich.yaml)
-LOG_FILE = "sectrain.log"
+# In a run's log file (record format: conf/hydra/job_logging/rich.yaml): an error that
+# ended an attempt at the run (`sectrain.cli.fail_job`), with its lines up to the next
+# record, and the metrics row of an epoch
+_RECORD = r"^\[[^]\n]*\]\[{}\]"
 LOGGED_ERROR = re.compile(
-    r"^\[[^]\n]*\]\[sectrain\.log_file\]\[ERROR\] error: (.*(?:\n(?!\[).*)*)", re.M
+    _RECORD.format(re.escape(error_log.name)) + r"\[ERROR\] error: (.*(?:\n(?!\[).*)*)", re.M
 )
-LOGGED_EPOCH = re.compile(r"^\[[^]\n]*\]\[sectrain\.metrics\]", re.M)
+LOGGED_EPOCH = re.compile(_RECORD.format(re.escape(metrics_log.name)), re.M)
 
 # Settings that do not change what a run measures: runs that differ only in these are
 # repeats of one configuration (the seed is what repeats vary).
