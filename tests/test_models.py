@@ -3,6 +3,7 @@
 A new registration is covered by the parametrised tests without new test code.
 """
 
+import itertools
 import math
 from pathlib import Path
 
@@ -226,6 +227,57 @@ def test_flops_match_the_paper_at_its_precision(name, attention, printed):
 def test_flops_of_other_rows_are_within_half_a_percent_of_the_paper(name, attention, paper):
     flops = count_flops(built(name, attention, 1000, (224, 224, 3))) / 1e9
     assert abs(flops - paper) / paper < 0.005
+
+
+def elementwise_work(model):
+    """What a FLOP counter could add to the multiply-adds of convolutions and dense
+    layers, per image: residual additions, batch-norm outputs, ReLU outputs, max-pool
+    comparisons and average-pool additions."""
+    work = dict.fromkeys(("add", "batch_norm", "relu", "max_pool", "avg_pool"), 0)
+    for layer in model.layers:
+        outputs = math.prod(layer.output.shape[1:])
+        if isinstance(layer, keras.layers.Add):
+            work["add"] += outputs
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            work["batch_norm"] += outputs
+        elif getattr(layer, "activation", None) is keras.activations.relu:
+            work["relu"] += outputs
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            work["max_pool"] += outputs * math.prod(layer.pool_size)
+        elif isinstance(layer, keras.layers.AveragePooling2D):
+            work["avg_pool"] += outputs * math.prod(layer.pool_size)
+        elif isinstance(layer, keras.layers.GlobalAveragePooling2D):
+            work["avg_pool"] += math.prod(layer.input.shape[1:])
+    return work
+
+
+def test_no_cost_per_elementwise_operation_gives_the_papers_flops_of_three_networks():
+    """The README's reason for the rows below the paper's: no non-negative cost per
+    addition, batch-norm output, ReLU output and pooling step, added to the counted
+    multiply-adds, makes ResNet-50, ResNeXt-101 and VGG-16 all round to the paper's
+    figures, while any two of them can be fit (a linear program over the built graphs)."""
+    from scipy.optimize import linprog
+
+    bounds_of = {}  # model -> the inequalities `work . cost < high`, `-work . cost <= -low`
+    for name, printed in (("resnet50", 3.86), ("resnext101_32x4d", 7.99), ("vgg16", 15.47)):
+        model = built(name, None, 1000, (224, 224, 3))
+        census = elementwise_work(model)
+        assert census["relu"] and census["batch_norm"] and census["max_pool"]
+        if name == "resnet50":  # one sum per unit: 3 units at 56x56x256, then 4, 6 and 3
+            sums = 3 * 56**2 * 256 + 4 * 28**2 * 512 + 6 * 14**2 * 1024 + 3 * 7**2 * 2048
+            assert census["add"] == sums
+        work, counted = np.array(list(census.values())) / 1e9, count_flops(model) / 1e9
+        # what the added work may be for the total to round to `printed`
+        low, high = printed - 0.005 - counted, printed + 0.005 - counted - 1e-9
+        bounds_of[name] = ([work, -work], [high, -low])
+
+    def solvable(names):
+        rows = [row for name in names for row in bounds_of[name][0]]
+        limits = [limit for name in names for limit in bounds_of[name][1]]
+        return linprog(np.zeros(5), A_ub=rows, b_ub=limits, bounds=(0, None)).status == 0
+
+    assert all(solvable(pair) for pair in itertools.combinations(bounds_of, 2))
+    assert not solvable(bounds_of)
 
 
 def test_shufflenet_has_the_official_implementations_sizes():
