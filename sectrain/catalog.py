@@ -16,7 +16,7 @@ from sectrain.cli import (
     fail,
     positive_int,
 )
-from sectrain.config import ATTENTION_KINDS
+from sectrain.config import ATTENTION_KINDS, AttentionConfig
 from sectrain.loggers.console import wide_console
 from sectrain.models import MODELS
 
@@ -65,7 +65,11 @@ def main(argv=None):
     parser.add_argument(
         "--attention", default="se", choices=kinds, help="attention kind to compare (se)"
     )
-    parser.add_argument("--ratio", type=positive_int, default=16, help="reduction ratio (16)")
+    parser.add_argument(
+        "--ratio",
+        type=positive_int,
+        help=f"reduction ratio of the blocks that take one, se and scse ({AttentionConfig.ratio})",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_intermixed_args(argv)
     names = []
@@ -77,7 +81,12 @@ def main(argv=None):
                 f"Registered: {', '.join(MODELS.names())}."
             )
         names += [name for name in matches if name not in names]
-    attention = {"kind": args.attention, "ratio": args.ratio}
+    attention = {"kind": args.attention, "ratio": args.ratio or AttentionConfig.ratio}
+    from sectrain.layers.attention import unused_settings  # loads Keras
+
+    takes_ratio = not unused_settings(attention, {})
+    if args.ratio and not takes_ratio:
+        fail(f"--ratio: {args.attention} blocks take no reduction ratio")
     rows = []
     console = wide_console(stderr=args.json)
     with console.status("building models") as status:
@@ -88,7 +97,8 @@ def main(argv=None):
         json.dump(rows, sys.stdout, indent=2)
         print()
         return 0
-    table = Table(title=f"Registered models, plain and with {args.attention} (ratio {args.ratio})")
+    settings = f" (ratio {attention['ratio']})" if takes_ratio else ""
+    table = Table(title=f"Registered models, plain and with {args.attention}{settings}")
     for column in (
         "model",
         "input",

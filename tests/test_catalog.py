@@ -24,6 +24,20 @@ def test_table_has_a_row_per_matching_model(capsys):
     assert "271,098" in out  # total parameters of the plain ResNet-20, BN statistics included
 
 
+@pytest.mark.parametrize(
+    "args, title",
+    [
+        ([], "plain and with se (ratio 16)"),
+        (["--attention", "scse", "--ratio", "8"], "plain and with scse (ratio 8)"),
+        (["--attention", "eca"], "plain and with eca"),
+    ],
+)
+def test_the_title_names_the_ratio_of_blocks_that_take_one(capsys, args, title):
+    assert main(["cifar_resnet20", *args]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line.strip() == f"Registered models, {title}"
+
+
 def test_a_config_name_lists_the_model_it_builds(capsys):
     assert main(["se_resnet2?", "--json"]) == 0  # conf/model/se_resnet20.yaml
     assert [row["model"] for row in json.loads(capsys.readouterr().out)] == ["cifar_resnet20"]
@@ -50,6 +64,7 @@ def test_unknown_pattern_is_an_error(capsys):
         (["--attention", "cbam"], "invalid choice: 'cbam'"),
         (["--ratio", "0"], "must be at least 1. Received: 0"),
         (["--ratio", "x"], "invalid positive_int value: 'x'"),
+        (["--attention", "eca", "--ratio", "4"], "--ratio: eca blocks take no reduction ratio"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(capsys, args, message):
