@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from scipy.optimize import linprog
 
 from sectrain.errors import ConfigError
 from sectrain.layers.attention import ATTENTION_LAYERS, SqueezeExcite
@@ -256,8 +257,6 @@ def test_no_cost_per_elementwise_operation_gives_the_papers_flops_of_three_netwo
     addition, batch-norm output, ReLU output and pooling step, added to the counted
     multiply-adds, makes ResNet-50, ResNeXt-101 and VGG-16 all round to the paper's
     figures, while any two of them can be fit (a linear program over the built graphs)."""
-    from scipy.optimize import linprog
-
     bounds_of = {}  # model -> the inequalities `work . cost < high`, `-work . cost <= -low`
     for name, printed in (("resnet50", 3.86), ("resnext101_32x4d", 7.99), ("vgg16", 15.47)):
         model = built(name, None, 1000, (224, 224, 3))
