@@ -330,14 +330,14 @@ def start_session(trainer):
 
 
 def batch_parts(trainer, strategy):
-    """What each step's global batch is split into under `strategy`, in words: "2
-    replica(s)", or "2 replica(s) x 4 micro-batches".
+    """What each step's global batch is split into under `strategy`, in words: "1
+    replica", "2 replicas", or "2 replicas x 4 micro-batches".
 
     Raises:
         ConfigError: `trainer.global_batch_size` does not divide into them.
     """
     replicas = strategy.num_replicas_in_sync
-    parts = f"{replicas} replica(s)"
+    parts = "1 replica" if replicas == 1 else f"{replicas} replicas"
     if trainer.micro_batches > 1:
         parts += f" x {trainer.micro_batches} micro-batches"
     if trainer.global_batch_size % (replicas * trainer.micro_batches):

@@ -237,12 +237,12 @@ def test_a_job_after_a_deterministic_one_runs_without_op_determinism():
 
 def test_global_batch_must_divide_across_replicas(tmp_path):
     config = make_config("trainer.strategy=mirrored", "trainer.global_batch_size=33")
-    with pytest.raises(ConfigError, match=r"divisible by the 2 replica\(s\)"):
+    with pytest.raises(ConfigError, match="divisible by the 2 replicas"):
         train(config, tmp_path)
     t = make_config("trainer.global_batch_size=6", "trainer.micro_batches=2").trainer
-    with pytest.raises(ConfigError, match=r"the 2 replica\(s\) x 2 micro-batches. Received: 6"):
+    with pytest.raises(ConfigError, match="the 2 replicas x 2 micro-batches. Received: 6"):
         batch_parts(t, make_strategy("mirrored"))  # as sectrain-bench checks it too
-    assert batch_parts(t, make_strategy("one_device")) == "1 replica(s) x 2 micro-batches"
+    assert batch_parts(t, make_strategy("one_device")) == "1 replica x 2 micro-batches"
 
 
 BAD_TASK = {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}
