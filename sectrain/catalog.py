@@ -16,7 +16,7 @@ from sectrain.cli import (
     fail,
     positive_int,
 )
-from sectrain.config import ATTENTION_KINDS, AttentionConfig
+from sectrain.config import ATTENTION_KINDS, RATIO_KINDS, AttentionConfig
 from sectrain.loggers.console import wide_console
 from sectrain.models import MODELS
 
@@ -68,7 +68,7 @@ def main(argv=None):
     parser.add_argument(
         "--ratio",
         type=positive_int,
-        help=f"reduction ratio of the blocks that take one, se and scse ({AttentionConfig.ratio})",
+        help=f"reduction ratio of {' and '.join(RATIO_KINDS)} blocks ({AttentionConfig.ratio})",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_intermixed_args(argv)
@@ -81,12 +81,10 @@ def main(argv=None):
                 f"Registered: {', '.join(MODELS.names())}."
             )
         names += [name for name in matches if name not in names]
-    attention = {"kind": args.attention, "ratio": args.ratio or AttentionConfig.ratio}
-    from sectrain.layers.attention import unused_settings  # loads Keras
-
-    takes_ratio = not unused_settings(attention, {})
+    takes_ratio = args.attention in RATIO_KINDS
     if args.ratio and not takes_ratio:
         fail(f"--ratio: {args.attention} blocks take no reduction ratio")
+    attention = {"kind": args.attention, "ratio": args.ratio or AttentionConfig.ratio}
     rows = []
     console = wide_console(stderr=args.json)
     with console.status("building models") as status:

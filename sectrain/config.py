@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sectrain.errors import ConfigError, unknown_choice
 
 ATTENTION_KINDS = ("none", "se", "sse", "scse", "eca")  # = the registered layers (tested)
+RATIO_KINDS = ("se", "scse")  # = the layers that take model.attention.ratio (tested)
 SQUEEZES = ("avg", "max", "none")
 GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
 PLACEMENTS = ("standard", "pre", "post", "identity", "3x3")

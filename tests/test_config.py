@@ -7,7 +7,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from sectrain.cli import check_command_line, check_overrides, config_groups
-from sectrain.config import ATTENTION_KINDS, check_key, run_config_yaml, with_defaults
+from sectrain.config import ATTENTION_KINDS, RATIO_KINDS, check_key, run_config_yaml, with_defaults
 from sectrain.errors import ConfigError
 from tests.helpers import compose_config, make_config
 
@@ -54,6 +54,15 @@ def test_attention_kinds_match_the_registered_layers():
     from sectrain.layers.attention import ATTENTION_LAYERS
 
     assert set(ATTENTION_KINDS) == {"none", *ATTENTION_LAYERS.names()}
+
+
+def test_ratio_kinds_are_the_layers_that_take_a_ratio():
+    from sectrain.layers.attention import ATTENTION_LAYERS, unused_settings
+
+    takes_ratio = {
+        k for k in ATTENTION_LAYERS.names() if not unused_settings({"kind": k, "ratio": 4}, {})
+    }
+    assert set(RATIO_KINDS) == takes_ratio
 
 
 @pytest.mark.parametrize(
